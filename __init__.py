@@ -1,0 +1,26 @@
+"""ComfyUI-DiffBody: human-aware two-stage diffusion restoration of photos of people.
+
+ComfyUI imports this file from `custom_nodes/<any folder name>/`; everything else imports the same
+code as the package `comfyui_diffbody`. Importing it must stay cheap: node modules import torch,
+diffusers, transformers, onnxruntime and spandrel only when a node runs.
+"""
+
+from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+
+WEB_DIRECTORY = "./js"
+
+__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "WEB_DIRECTORY"]
+
+
+def _running_inside_comfyui() -> bool:
+    try:
+        import folder_paths  # noqa: F401  (a top-level module only ComfyUI provides)
+    except ImportError:
+        return False
+    return hasattr(folder_paths, "folder_names_and_paths")
+
+
+if _running_inside_comfyui():
+    from .nodes.glue import register_model_folders
+
+    register_model_folders()

@@ -1,0 +1,166 @@
+"""Every model file the pack knows: where it lives, where it comes from, and what to say when it is missing.
+
+This module is the single source of truth for file names, model folders and download sources. The
+ComfyUI glue (`nodes/glue.py`) registers the folders and resolves names against them; the command
+line and the tests resolve against a plain models directory laid out the same way. No ComfyUI, no
+torch: importing this is free.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass, field
+
+PT_EXTENSIONS = frozenset({".ckpt", ".pt", ".pt2", ".bin", ".pth", ".safetensors", ".pkl", ".sft"})
+
+
+class DiffBodyError(Exception):
+    """Base class for errors whose message is meant for the person using the pack."""
+
+
+class MissingModelFile(DiffBodyError):
+    """A model file is not where the pack looks for it."""
+
+
+class WrongModelFile(DiffBodyError):
+    """A file exists but is not the network the caller asked for."""
+
+
+class MissingDependency(DiffBodyError):
+    """An optional Python package needed by the chosen option is not installed."""
+
+
+@dataclass(frozen=True)
+class ModelFolder:
+    """A ComfyUI model folder name and its default location below `ComfyUI/models/`."""
+
+    name: str
+    relative_dir: str
+    extensions: frozenset[str] = PT_EXTENSIONS
+    # ComfyUI already defines some folders; we only add a default path for those it may lack.
+    comfy_builtin: bool = False
+
+
+# Folders the pack uses. ComfyUI's standard folders are reused wherever a file type already has one.
+FOLDERS: dict[str, ModelFolder] = {
+    f.name: f
+    for f in (
+        ModelFolder("diffbody", "diffbody", frozenset({".safetensors"})),
+        ModelFolder("diffbody_pose", os.path.join("diffbody", "pose"), PT_EXTENSIONS | {".onnx"}),
+        ModelFolder("upscale_models", "upscale_models", comfy_builtin=True),
+        ModelFolder("checkpoints", "checkpoints", comfy_builtin=True),
+        ModelFolder("controlnet", "controlnet", comfy_builtin=True),
+        ModelFolder("clip_vision", "clip_vision", comfy_builtin=True),
+        ModelFolder("ipadapter", "ipadapter"),
+        # Hugging Face model folders (one sub-folder per model), shared with other LLM packs.
+        ModelFolder("LLM", "LLM", frozenset()),
+    )
+}
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    """A downloadable model file (or, with `is_dir`, a whole Hugging Face model folder)."""
+
+    filename: str
+    folder: str
+    repo_id: str
+    repo_path: str = ""
+    description: str = ""
+    is_dir: bool = False
+    aliases: tuple[str, ...] = field(default=())
+
+    @property
+    def url(self) -> str:
+        if self.is_dir:
+            return f"https://huggingface.co/{self.repo_id}"
+        return f"https://huggingface.co/{self.repo_id}/resolve/main/{self.repo_path or self.filename}"
+
+
+KNOWN_FILES: dict[str, ModelFile] = {
+    f.filename: f
+    for f in (
+        ModelFile("general_swinir_v1.ckpt", "upscale_models", "lxq007/DiffBIR",
+                  description="DiffBIR v1 general SwinIR cleaner (stage 0)"),
+        ModelFile("realesrgan_s4_swinir_100k.pth", "upscale_models", "lxq007/DiffBIR-v2",
+                  description="DiffBIR v2 SwinIR cleaner trained on Real-ESRGAN degradations (stage 0)"),
+        ModelFile("yolox_l.onnx", "diffbody_pose", "yzd-v/DWPose",
+                  description="DWPose person detector (YOLOX-L, ONNX)"),
+        ModelFile("dw-ll_ucoco_384.onnx", "diffbody_pose", "yzd-v/DWPose",
+                  description="DWPose whole-body keypoint model (ONNX)"),
+        ModelFile("body_pose_model.pth", "diffbody_pose", "lllyasviel/Annotators",
+                  description="OpenPose body model (controlnet_aux)"),
+        ModelFile("llava-1.5-7b-hf", "LLM", "llava-hf/llava-1.5-7b-hf", is_dir=True,
+                  description="LLaVA 1.5 7B, transformers layout (captioning)"),
+    )
+}
+
+
+def default_dir(models_dir: str, folder: str) -> str:
+    return os.path.join(models_dir, FOLDERS[folder].relative_dir)
+
+
+def missing_message(filename: str, folder: str, searched: list[str]) -> str:
+    """The error text for a missing file: which file, where to put it, where to get it."""
+    known = KNOWN_FILES.get(filename)
+    where = searched[0] if searched else f"ComfyUI/models/{FOLDERS[folder].relative_dir}" if folder in FOLDERS else folder
+    lines = [f"DiffBody: model file '{filename}' was not found.",
+             f"Put it in: {where}"]
+    if len(searched) > 1:
+        lines.append("(also searched: " + ", ".join(searched[1:]) + ")")
+    if known is not None:
+        what = "the whole folder" if known.is_dir else "it"
+        lines.append(f"Download {what} from: {known.url}  [{known.description}]")
+        lines.append("Or switch on 'auto_download' on the node to fetch it into that folder.")
+    return "\n".join(lines)
+
+
+def find_file(filename: str, search_dirs: list[str]) -> str | None:
+    """First existing `search_dir/filename` (a file, or a folder for Hugging Face layouts)."""
+    for d in search_dirs:
+        candidate = os.path.join(d, filename)
+        if os.path.exists(candidate):
+            return candidate
+    return None
+
+
+def require_file(filename: str, folder: str, search_dirs: list[str]) -> str:
+    found = find_file(filename, search_dirs)
+    if found is None:
+        raise MissingModelFile(missing_message(filename, folder, search_dirs))
+    return found
+
+
+def download(filename: str, dest_dir: str) -> str:
+    """Fetch a known file (or model folder) from Hugging Face into `dest_dir`, with a progress bar.
+
+    Only ever called when the user asked for it (the nodes' `auto_download` switch, the command
+    line's `--download`). The file goes through the user's Hugging Face cache, so a copy that is
+    already there is reused without a download (and HF_HUB_OFFLINE is honoured); it is then
+    hard-linked (copied across file systems) into the ComfyUI models folder.
+    """
+    known = KNOWN_FILES.get(filename)
+    if known is None:
+        raise MissingModelFile(f"DiffBody: no download source is known for '{filename}'.")
+    try:
+        import huggingface_hub
+    except ImportError as e:  # pragma: no cover - huggingface_hub comes with transformers
+        raise MissingDependency("Automatic download needs huggingface_hub: pip install huggingface_hub") from e
+    os.makedirs(dest_dir, exist_ok=True)
+    target = os.path.join(dest_dir, known.filename)
+    if known.is_dir:
+        snapshot = huggingface_hub.snapshot_download(known.repo_id)
+        shutil.copytree(snapshot, target, copy_function=_link_or_copy, dirs_exist_ok=True)
+    else:
+        cached = huggingface_hub.hf_hub_download(known.repo_id, known.repo_path or known.filename)
+        _link_or_copy(cached, target)
+    return target
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    src = os.path.realpath(src)  # the hub cache keeps blobs behind symlinks
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)

@@ -1,0 +1,107 @@
+"""The one place that talks to ComfyUI: model folders, progress, cancel, devices, memory.
+
+Every ComfyUI import is inside a function, so importing the pack stays cheap and the modules that
+use this file can still be imported (and their logic tested) outside ComfyUI.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable
+
+from ..models.files import FOLDERS, KNOWN_FILES, MissingModelFile, download, find_file, missing_message
+
+
+def register_model_folders() -> None:
+    """Add the pack's model folders to ComfyUI's `folder_paths` (called once, at pack import)."""
+    import folder_paths
+
+    for folder in FOLDERS.values():
+        path = os.path.join(folder_paths.models_dir, folder.relative_dir)
+        if folder.name in folder_paths.folder_names_and_paths:
+            if not folder.comfy_builtin:
+                folder_paths.add_model_folder_path(folder.name, path)
+            continue
+        # A new name: set the extension filter ourselves (add_model_folder_path would list every file).
+        folder_paths.folder_names_and_paths[folder.name] = ([path], set(folder.extensions))
+
+
+def search_dirs(folder: str) -> list[str]:
+    import folder_paths
+
+    try:
+        return folder_paths.get_folder_paths(folder)
+    except KeyError:
+        return [os.path.join(folder_paths.models_dir, FOLDERS[folder].relative_dir)]
+
+
+def list_files(folder: str) -> list[str]:
+    """File names for a model dropdown; known files that are absent are listed too, so a workflow
+    that names them still validates and then fails with the message that says where to get them."""
+    import folder_paths
+
+    try:
+        present = folder_paths.get_filename_list(folder)
+    except KeyError:
+        present = []
+    wanted = [f.filename for f in KNOWN_FILES.values() if f.folder == folder and not f.is_dir]
+    return sorted(set(present) | set(wanted))
+
+
+def list_model_dirs(folder: str) -> list[str]:
+    """Sub-folders (Hugging Face model folders) of a folder such as models/LLM, plus known ones."""
+    present = {name for d in search_dirs(folder) if os.path.isdir(d)
+               for name in os.listdir(d) if os.path.isdir(os.path.join(d, name))}
+    wanted = {f.filename for f in KNOWN_FILES.values() if f.folder == folder and f.is_dir}
+    return sorted(present | wanted)
+
+
+def model_path(filename: str, folder: str, auto_download: bool = False) -> str:
+    """Full path of a model file, downloading it first only when the user switched that on."""
+    dirs = search_dirs(folder)
+    found = find_file(filename, dirs)
+    if found is not None:
+        return found
+    if auto_download and filename in KNOWN_FILES:
+        return download(filename, dirs[0])
+    raise MissingModelFile(missing_message(filename, folder, dirs))
+
+
+def progress(total: int) -> Callable[[int, int], None]:
+    """A callback `(done, total)` for the pipelines: drives the node's progress bar and raises
+    ComfyUI's interrupt exception when the user pressed cancel, so loops stop within one step."""
+    import comfy.model_management
+    import comfy.utils
+
+    bar = comfy.utils.ProgressBar(total)
+
+    def update(done: int, new_total: int = total) -> None:
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        bar.update_absolute(done, new_total)
+
+    return update
+
+
+def torch_device():
+    import comfy.model_management
+
+    return comfy.model_management.get_torch_device()
+
+
+def offload_device():
+    import comfy.model_management
+
+    return comfy.model_management.unet_offload_device()
+
+
+def free_memory_for(nbytes: int) -> None:
+    """Ask ComfyUI to unload other models until `nbytes` fit on the compute device."""
+    import comfy.model_management
+
+    comfy.model_management.free_memory(nbytes, comfy.model_management.get_torch_device())
+
+
+def soft_empty_cache() -> None:
+    import comfy.model_management
+
+    comfy.model_management.soft_empty_cache()

@@ -1,0 +1,179 @@
+"""A real ComfyUI server for the tests: built from the registry (scripts/setup_env.sh), started on a
+free loopback port with this pack linked into custom_nodes/, and stopped by its own PID.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import requests
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def comfyui_dir() -> Path:
+    """The extracted ComfyUI, building the environment first if this process was not started by
+    scripts/test.sh (which exports DIFFBODY_COMFYUI_DIR)."""
+    known = os.environ.get("DIFFBODY_COMFYUI_DIR")
+    if not known:
+        exports = subprocess.run(["bash", str(REPO_ROOT / "scripts" / "setup_env.sh"), "--exports"],
+                                 check=True, capture_output=True, text=True).stdout
+        for item in exports.replace("export ", "").split():
+            name, _, value = item.partition("=")
+            os.environ[name] = value
+        known = os.environ["DIFFBODY_COMFYUI_DIR"]
+    path = Path(known)
+    if not (path / "main.py").is_file():
+        raise RuntimeError(f"no ComfyUI at {path}")
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_base_dir(base: Path, pack_folder_name: str, models_dir: Path | None = None) -> Path:
+    """A ComfyUI --base-directory: custom_nodes/<pack_folder_name> -> this repo, models/, input/, output/."""
+    (base / "custom_nodes").mkdir(parents=True, exist_ok=True)
+    link = base / "custom_nodes" / pack_folder_name
+    if not link.exists():
+        link.symlink_to(REPO_ROOT, target_is_directory=True)
+    if models_dir is not None:
+        if not (base / "models").exists():
+            (base / "models").symlink_to(models_dir, target_is_directory=True)
+    else:
+        (base / "models").mkdir(exist_ok=True)
+    for sub in ("input", "output", "temp", "user"):
+        (base / sub).mkdir(exist_ok=True)
+    return base
+
+
+class ComfyServer:
+    def __init__(self, base_dir: Path, *, python: str = sys.executable, startup_timeout: float = 180.0):
+        self.base_dir = base_dir
+        self.python = python
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = base_dir / "comfyui.log"
+        self.startup_timeout = startup_timeout
+        self.process: subprocess.Popen | None = None
+        self.client_id = uuid.uuid4().hex
+
+    # -- life cycle ---------------------------------------------------------------------------
+    def start(self) -> "ComfyServer":
+        comfy = comfyui_dir()
+        cmd = [self.python, str(comfy / "main.py"), "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
+               "--base-directory", str(self.base_dir), "--database-url", "sqlite:///:memory:",
+               "--disable-auto-launch"]
+        env = dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
+                   DO_NOT_TRACK="1")
+        self._log = open(self.log_path, "w")
+        self.process = subprocess.Popen(cmd, cwd=comfy, stdout=self._log, stderr=subprocess.STDOUT, env=env,
+                                        start_new_session=True)
+        deadline = time.monotonic() + self.startup_timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"ComfyUI exited with {self.process.returncode} during start-up:\n{self.log()[-4000:]}")
+            try:
+                if requests.get(f"{self.url}/system_stats", timeout=2).ok:
+                    return self
+            except requests.RequestException:
+                pass
+            time.sleep(0.5)
+        self.stop()
+        raise RuntimeError(f"ComfyUI did not answer within {self.startup_timeout:.0f} s:\n{self.log()[-4000:]}")
+
+    def stop(self) -> None:
+        """Stop exactly the process we started (and its children), never anything else."""
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=20)
+        if getattr(self, "_log", None) is not None:
+            self._log.close()
+            self._log = None
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    # -- API ----------------------------------------------------------------------------------
+    def get(self, path: str, **kw):
+        response = requests.get(f"{self.url}{path}", timeout=kw.pop("timeout", 30), **kw)
+        response.raise_for_status()
+        return response.json()
+
+    def object_info(self) -> dict:
+        return self.get("/object_info")
+
+    def submit(self, prompt: dict) -> requests.Response:
+        return requests.post(f"{self.url}/prompt", json={"prompt": prompt, "client_id": self.client_id}, timeout=30)
+
+    def queue(self, prompt: dict) -> str:
+        response = self.submit(prompt)
+        if response.status_code != 200:
+            raise PromptRejected(response.json())
+        return response.json()["prompt_id"]
+
+    def wait(self, prompt_id: str, timeout: float = 300.0) -> dict:
+        """The history entry of a finished prompt (successful or not)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            history = self.get(f"/history/{prompt_id}")
+            entry = history.get(prompt_id)
+            if entry and entry.get("status", {}).get("completed") is not None:
+                if entry["status"].get("status_str") in ("success", "error") or entry["status"]["completed"]:
+                    return entry
+            if not self.alive():
+                raise RuntimeError(f"ComfyUI died while running {prompt_id}:\n{self.log()[-4000:]}")
+            time.sleep(0.3)
+        raise TimeoutError(f"prompt {prompt_id} did not finish within {timeout:.0f} s")
+
+    def run(self, prompt: dict, timeout: float = 300.0) -> dict:
+        return self.wait(self.queue(prompt), timeout)
+
+    def interrupt(self) -> None:
+        requests.post(f"{self.url}/interrupt", timeout=10).raise_for_status()
+
+    def output_files(self, entry: dict) -> list[Path]:
+        """Image files a finished prompt wrote, as paths on disk."""
+        files = []
+        for node_output in entry.get("outputs", {}).values():
+            for image in node_output.get("images", []):
+                folder = self.base_dir / image.get("type", "output") / image.get("subfolder", "")
+                files.append(folder / image["filename"])
+        return files
+
+
+class PromptRejected(Exception):
+    def __init__(self, body: dict):
+        super().__init__(json.dumps(body, indent=1)[:4000])
+        self.body = body
+
+
+def execution_error(entry: dict) -> dict | None:
+    """The `execution_error` message of a failed prompt, if any."""
+    for kind, data in entry.get("status", {}).get("messages", []):
+        if kind == "execution_error":
+            return data
+    return None
+
+
+def cleanup_base_dir(base: Path) -> None:
+    shutil.rmtree(base, ignore_errors=True)

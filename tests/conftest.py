@@ -1,0 +1,52 @@
+"""Shared fixtures: the tiny models folder and a real ComfyUI server with the pack installed.
+
+Server tests are marked `server` automatically (deselect them with `-m "not server"` for a quick run).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from comfy_harness import ComfyServer, make_base_dir
+
+SERVER_FIXTURES = {"comfy_server"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.server)
+
+
+@pytest.fixture(scope="session")
+def tiny_models_dir(tmp_path_factory):
+    """A ComfyUI-style models folder holding a tiny version of every model file the pack loads."""
+    from comfyui_diffbody.testing.tiny import build_models_dir
+
+    root = tmp_path_factory.mktemp("tiny-models")
+    build_models_dir(str(root))
+    return root
+
+
+def person_photo() -> np.ndarray:
+    """scikit-image's bundled astronaut (a real photo of a person), HxWx3 uint8."""
+    from skimage import data
+
+    return data.astronaut()
+
+
+@pytest.fixture(scope="session")
+def comfy_server(tmp_path_factory, tiny_models_dir):
+    """One ComfyUI server for the session, the pack linked in as `ComfyUI-DiffBody-main`."""
+    base = make_base_dir(tmp_path_factory.mktemp("comfy"), "ComfyUI-DiffBody-main", tiny_models_dir)
+    Image.fromarray(person_photo()).resize((256, 256)).save(base / "input" / "person.png")
+    Image.fromarray(np.zeros((9, 17, 4), np.uint8)).save(base / "input" / "tiny_rgba.png")
+    server = ComfyServer(base).start()
+    yield server
+    server.stop()
+    if os.environ.get("DIFFBODY_KEEP_SERVER_LOG"):
+        print(server.log())
