@@ -105,3 +105,29 @@ def soft_empty_cache() -> None:
     import comfy.model_management
 
     comfy.model_management.soft_empty_cache()
+
+
+class on_compute_device:
+    """Context manager: make room through ComfyUI (which unloads its own models as needed), move a
+    module onto the compute device for the duration, and send it back to the offload device after,
+    as ComfyUI's own upscale node does. Modules that cannot move (bitsandbytes-quantised ones) stay.
+
+        with glue.on_compute_device(model, size_bytes) as device: ...
+    """
+
+    def __init__(self, module, size_bytes: int, *, movable: bool = True, offload_after: bool = True):
+        self.module, self.size_bytes = module, size_bytes
+        self.movable, self.offload_after = movable, offload_after
+
+    def __enter__(self):
+        device = torch_device()
+        if self.movable:
+            free_memory_for(self.size_bytes)
+            self.module.to(device)
+        return device
+
+    def __exit__(self, *exc_info):
+        if self.movable and self.offload_after:
+            self.module.to(offload_device())
+        soft_empty_cache()
+        return False

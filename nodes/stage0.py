@@ -84,7 +84,161 @@ class SwinIRCleanup:
         return (bchw_to_comfy(cleaned),)
 
 
+class PoseEstimator:
+    DISPLAY_NAME = "DiffBody Pose (Skeleton + Keypoints)"
+    DESCRIPTION = ("Finds every person's body pose and draws the skeleton in the OpenPose / HumanSD convention "
+                   "(coloured limbs on black, same size as the input): the I_pose prior of DiffBody. Also outputs "
+                   "the keypoints as POSE_KEYPOINT for other packs' pose nodes.")
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("IMAGE", "POSE_KEYPOINT")
+    RETURN_NAMES = ("pose_image", "keypoints")
+    OUTPUT_TOOLTIPS = ("The skeleton drawn on black, the input's size.",
+                       "Keypoints per image (OpenPose JSON layout, pixel coordinates).")
+    FUNCTION = "estimate"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        from ..pipelines.pose.backends import BACKENDS
+
+        return {"required": {
+            "image": ("IMAGE", {"tooltip": "Usually the cleaned image from 'DiffBody SwinIR Cleanup'."}),
+            "backend": (list(BACKENDS), {
+                "default": "dwpose",
+                "tooltip": "dwpose: DWPose on onnxruntime (recommended, GPU or CPU). openpose: OpenPose body "
+                           "(needs controlnet_aux). mediapipe: no download, one model in the wheel (needs "
+                           "mediapipe==0.10.21, which pins numpy 1.26). mmpose: only if mmpose is installed."}),
+            "draw_hands": ("BOOLEAN", {"default": False, "tooltip": "Also draw hand keypoints (DWPose only)."}),
+            "draw_face": ("BOOLEAN", {"default": False, "tooltip": "Also draw face keypoints (DWPose only)."}),
+            "dwpose_detector": (glue.list_files("diffbody_pose"), {
+                "default": "yolox_l.onnx", "tooltip": "DWPose person detector (models/diffbody/pose)."}),
+            "dwpose_estimator": (glue.list_files("diffbody_pose"), {
+                "default": "dw-ll_ucoco_384.onnx", "tooltip": "DWPose keypoint model (models/diffbody/pose)."}),
+            "openpose_model": (glue.list_files("diffbody_pose"), {
+                "default": "body_pose_model.pth", "tooltip": "OpenPose body model (models/diffbody/pose)."}),
+            "auto_download": _auto_download_input(),
+        }, "optional": {
+            "mmpose_config": ("STRING", {
+                "default": "rtmpose-l_8xb32-270e_coco-wholebody-384x288.py",
+                "tooltip": "mmpose backend only: model config file in models/diffbody/pose."}),
+            "mmpose_checkpoint": ("STRING", {
+                "default": "rtmpose-l_simcc-coco-wholebody_pt-aic-coco_270e-384x288-eaeb96c8_20230125.pth",
+                "tooltip": "mmpose backend only: checkpoint file in models/diffbody/pose (from mmpose's model zoo)."}),
+        }}
+
+    def estimate(self, image, backend, draw_hands, draw_face, dwpose_detector, dwpose_estimator, openpose_model,
+                 auto_download, mmpose_config="", mmpose_checkpoint=""):
+        from ..pipelines.image import comfy_to_bchw
+        from ..pipelines.image import bchw_to_comfy
+        from ..pipelines.pose.backends import estimate_and_draw
+
+        if backend == "mmpose":
+            from ..pipelines.pose.mmpose_backend import import_mmpose
+
+            import_mmpose()  # say how to install it before asking for its files
+        files = {"dwpose": {"det": dwpose_detector, "pose": dwpose_estimator},
+                 "openpose": {"body": openpose_model},
+                 "mmpose": {"config": mmpose_config, "checkpoint": mmpose_checkpoint, "det": dwpose_detector},
+                 }.get(backend, {})
+        paths = {role: glue.model_path(name, "diffbody_pose", auto_download) for role, name in files.items()}
+        images = comfy_to_bchw(image)
+        estimator = _cached_estimator(backend, paths, str(glue.torch_device()))
+        pose_images, frames = estimate_and_draw(estimator, images, hands=draw_hands, face=draw_face,
+                                                progress=glue.progress(images.shape[0]))
+        return (bchw_to_comfy(pose_images), frames)
+
+
+_estimator_cache: dict = {}
+
+
+def _cached_estimator(backend: str, paths: dict, device: str):
+    """Keep the last pose estimator: building ONNX sessions costs seconds, and graphs re-run often."""
+    from ..pipelines.pose.backends import make_estimator
+
+    key = (backend, tuple(sorted(paths.items())), device)
+    if key not in _estimator_cache:
+        _estimator_cache.clear()
+        _estimator_cache[key] = make_estimator(backend, paths, device=device)
+    return _estimator_cache[key]
+
+
+class LlavaCaption:
+    DISPLAY_NAME = "DiffBody LLaVA Caption"
+    DESCRIPTION = ("Describes the person in the image with LLaVA 1.5 (models/LLM/llava-1.5-7b-hf): the caption p "
+                   "that conditions DiffBody's diffusion stages. Your own text can be appended, prepended or used "
+                   "instead.")
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("STRING",)
+    RETURN_NAMES = ("caption",)
+    OUTPUT_TOOLTIPS = ("The caption (one line per image for a batch).",)
+    FUNCTION = "caption"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        from ..pipelines.prompts import DEFAULT_CAPTION_PROMPT
+
+        return {"required": {
+            "image": ("IMAGE", {"tooltip": "Usually the cleaned image from 'DiffBody SwinIR Cleanup'."}),
+            "model": (glue.list_model_dirs("LLM"), {
+                "default": "llava-1.5-7b-hf",
+                "tooltip": "A LLaVA model folder in models/LLM (transformers layout, e.g. llava-hf/llava-1.5-7b-hf)."}),
+            "prompt": ("STRING", {"default": DEFAULT_CAPTION_PROMPT, "multiline": True,
+                                  "tooltip": "What LLaVA is asked about the image."}),
+            "user_text": ("STRING", {"default": "", "multiline": True,
+                                     "tooltip": "Your own words, combined with the caption as 'text_mode' says."}),
+            "text_mode": (["append", "prepend", "override"], {
+                "default": "append", "tooltip": "append/prepend: add your text after/before LLaVA's caption. "
+                                                "override: use only your text (LLaVA is not run)."}),
+            "max_new_tokens": ("INT", {"default": 77, "min": 8, "max": 512,
+                                       "tooltip": "Longest caption, in tokens (CLIP reads 77 at most)."}),
+            "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFF, "tooltip": "Seed for sampling the caption."}),
+            "dtype": (["auto", "float16", "bfloat16", "float32"], {
+                "default": "auto", "tooltip": "auto: fp16 on GPU, float32 on CPU."}),
+            "quantization": (["none", "8bit", "4bit"], {
+                "default": "none", "tooltip": "8/4-bit weights to save VRAM (needs bitsandbytes and an NVIDIA GPU)."}),
+            "keep_loaded": ("BOOLEAN", {"default": False,
+                                        "tooltip": "Keep LLaVA in memory for the next run (faster re-runs, costs RAM)."}),
+            "auto_download": _auto_download_input(),
+        }}
+
+    def caption(self, image, model, prompt, user_text, text_mode, max_new_tokens, seed, dtype, quantization,
+                keep_loaded, auto_download):
+        from ..pipelines.caption import combine_caption
+        from ..pipelines.image import comfy_to_bchw
+
+        images = comfy_to_bchw(image)
+        if text_mode == "override":
+            return ("\n".join(combine_caption("", user_text, "override") for _ in range(images.shape[0])),)
+        captioner = _cached_captioner(glue.model_path(model, "LLM", auto_download), dtype, quantization)
+        try:
+            with glue.on_compute_device(captioner, captioner.size_bytes(), movable=not captioner.quantized) as device:
+                captions = captioner.caption(images, prompt=prompt, max_new_tokens=max_new_tokens, seed=seed,
+                                             device=device, progress=glue.progress(images.shape[0]))
+        finally:
+            if not keep_loaded:
+                _captioner_cache.clear()
+        return ("\n".join(combine_caption(c, user_text, text_mode) for c in captions),)
+
+
+_captioner_cache: dict = {}
+
+
+def _cached_captioner(path: str, dtype: str, quantization: str):
+    from ..models.llava import concrete_dtype
+    from ..pipelines.caption import LlavaCaptioner
+
+    # Resolve "auto" for the device it will run on (fp16 on a GPU), not the CPU it is loaded on.
+    dtype = concrete_dtype(dtype, glue.torch_device())
+    key = (path, dtype, quantization)
+    if key not in _captioner_cache:
+        _captioner_cache.clear()
+        device = str(glue.torch_device()) if quantization != "none" else "cpu"
+        _captioner_cache[key] = LlavaCaptioner.load(path, dtype=dtype, quantization=quantization, device=device)
+    return _captioner_cache[key]
+
+
 NODE_CLASS_MAPPINGS = {
     "DiffBodySwinIRLoader": SwinIRLoader,
     "DiffBodySwinIRCleanup": SwinIRCleanup,
+    "DiffBodyPoseEstimator": PoseEstimator,
+    "DiffBodyLlavaCaption": LlavaCaption,
 }

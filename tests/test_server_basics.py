@@ -110,3 +110,13 @@ def test_other_folder_name_registers_the_same_nodes(comfy_server, tmp_path, tiny
     assert ours == sorted(n for n in comfy_server.object_info() if n.startswith("DiffBody"))
     assert ours, "no DiffBody node registered"
     assert pack_import_problems(log) == []
+
+
+def test_frontend_extension_is_served(comfy_server):
+    import requests
+
+    scripts = comfy_server.get("/extensions")
+    ours = [s for s in scripts if s.endswith("/diffbody.js")]
+    assert ours, scripts
+    response = requests.get(comfy_server.url + ours[0], timeout=10)
+    assert response.ok and "registerExtension" in response.text

@@ -1,0 +1,38 @@
+"""The tiny-weights factory: tiny versions of every network the pack loads, written in the same file
+formats and key layouts as the real files, into a ComfyUI-style models folder.
+
+Each network has its own module with a `write_tiny_<name>` function; `build_models_dir` lays them all
+out where the nodes look for the real files.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+def build_models_dir(models_dir: str, *, seed: int = 0) -> dict[str, str]:
+    """Write every tiny model under `models_dir` (laid out like ComfyUI/models) and return
+    {file name: path}. File names are the real ones, so nodes find them without any test switch."""
+    from ...models.files import FOLDERS
+    from .dwpose import write_tiny_dwpose
+    from .llava import write_tiny_llava
+    from .openpose import write_tiny_openpose
+    from .swinir import write_tiny_swinir
+
+    def place(folder: str, name: str) -> str:
+        directory = os.path.join(models_dir, FOLDERS[folder].relative_dir)
+        os.makedirs(directory, exist_ok=True)
+        return os.path.join(directory, name)
+
+    written = {
+        "general_swinir_v1.ckpt": write_tiny_swinir(place("upscale_models", "general_swinir_v1.ckpt"),
+                                                    layout="diffbir_v1", seed=seed),
+        "realesrgan_s4_swinir_100k.pth": write_tiny_swinir(place("upscale_models", "realesrgan_s4_swinir_100k.pth"),
+                                                           layout="diffbir_v2", seed=seed + 1),
+        "body_pose_model.pth": write_tiny_openpose(place("diffbody_pose", "body_pose_model.pth")),
+        "llava-1.5-7b-hf": write_tiny_llava(place("LLM", "llava-1.5-7b-hf"), seed=seed),
+    }
+    det, pose = place("diffbody_pose", "yolox_l.onnx"), place("diffbody_pose", "dw-ll_ucoco_384.onnx")
+    write_tiny_dwpose(det, pose, seed=seed)
+    written.update({"yolox_l.onnx": det, "dw-ll_ucoco_384.onnx": pose})
+    return written
