@@ -89,14 +89,14 @@ def resolve_files(args, models_dir: Path) -> dict[str, str]:
         if path is None and args.download:
             path = download(name, directory)
         if path is None:
-            missing.append(missing_message(name, folder, [directory]))
+            missing.append(missing_message(name, folder, [directory], fetch_hint="Or pass --download to fetch it."))
         else:
             paths[name] = path
     if missing:
         print(f"Missing model files ({len(missing)}); models folder: {models_dir}\n", file=sys.stderr)
         print("\n\n".join(missing), file=sys.stderr)
-        print("\nOr run with --download to fetch them, or --tiny for a plumbing check on tiny random weights.",
-              file=sys.stderr)
+        print("\nPass --models-dir if your ComfyUI models folder is elsewhere; --tiny runs a plumbing check on "
+              "tiny random weights.", file=sys.stderr)
         raise SystemExit(2)
     return paths
 

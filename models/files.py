@@ -101,7 +101,10 @@ def default_dir(models_dir: str, folder: str) -> str:
     return os.path.join(models_dir, FOLDERS[folder].relative_dir)
 
 
-def missing_message(filename: str, folder: str, searched: list[str]) -> str:
+NODE_FETCH_HINT = "Or switch on 'auto_download' on the node to fetch it into that folder."
+
+
+def missing_message(filename: str, folder: str, searched: list[str], fetch_hint: str = NODE_FETCH_HINT) -> str:
     """The error text for a missing file: which file, where to put it, where to get it."""
     known = KNOWN_FILES.get(filename)
     where = searched[0] if searched else f"ComfyUI/models/{FOLDERS[folder].relative_dir}" if folder in FOLDERS else folder
@@ -112,7 +115,7 @@ def missing_message(filename: str, folder: str, searched: list[str]) -> str:
     if known is not None:
         what = "the whole folder" if known.is_dir else "it"
         lines.append(f"Download {what} from: {known.url}  [{known.description}]")
-        lines.append("Or switch on 'auto_download' on the node to fetch it into that folder.")
+        lines.append(fetch_hint)
     return "\n".join(lines)
 
 

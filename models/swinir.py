@@ -76,7 +76,6 @@ def _import_spandrel():
     return spandrel
 
 
-
 def _read_weights(path: str) -> dict:
     name = os.path.basename(path)
     try:

@@ -65,6 +65,8 @@ def clean_images(
     _check_tiling(tile_size, tile_stride, model.size_requirements.multiple_of)
     if not upscale > 0 or not math.isfinite(upscale):
         raise ValueError(f"upscale must be a positive number, got {upscale}")
+    if model.dtype == torch.float16:
+        raise ValueError("DiffBIR's SwinIR does not run in float16 (it overflows); load it in float32")
     device = torch.device(device) if device is not None else model.device
     dtype = _compute_dtype(device, dtype)
 
@@ -158,7 +160,8 @@ def _clean_tiled(model, source: torch.Tensor, rows: _Axis, cols: _Axis, into: to
 
 def _clean_tile(model, tile: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     height, width = tile.shape[-2:]
-    padded = _pad_to_multiple(tile, model.size_requirements.multiple_of).to(device)
+    # tiles match the weights (float32 from load_swinir; bf16 only if the caller cast the model itself)
+    padded = _pad_to_multiple(tile, model.size_requirements.multiple_of).to(device, model.dtype)
     with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
         cleaned = model(padded)
     return cleaned[..., :height, :width].float().cpu()

@@ -57,4 +57,5 @@ def uint8_to_chw(array: np.ndarray) -> "torch.Tensor":
     """(H,W,3) uint8 -> (3,H,W) float32 0..1."""
     import torch
 
-    return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1).float().div_(255.0)
+    copy = np.array(array, dtype=np.uint8)  # PIL's arrays are read-only; torch wants a writable one
+    return torch.from_numpy(copy).permute(2, 0, 1).float().div_(255.0)

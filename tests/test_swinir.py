@@ -19,7 +19,6 @@ from comfyui_diffbody.pipelines.cleanup import clean_images, output_size, workin
 from comfyui_diffbody.testing.tiny.swinir import (
     TINY_CONFIG,
     build_diffbir_swinir,
-    write_swinir,
     write_tiny_swinir,
 )
 
