@@ -131,3 +131,34 @@ class on_compute_device:
             self.module.to(offload_device())
         soft_empty_cache()
         return False
+
+
+def preferred_dtype(choice: str = "auto"):
+    """The dtype a diffusion network should run in: the user's choice, or for "auto" what ComfyUI
+    would pick for the compute device (fp16/bf16 on GPUs that support it, float32 on the CPU)."""
+    import torch
+
+    if choice != "auto":
+        return getattr(torch, choice)
+    import comfy.model_management as mm
+
+    device = mm.get_torch_device()
+    if mm.should_use_fp16(device):
+        return torch.float16
+    if mm.should_use_bf16(device):
+        return torch.bfloat16
+    return torch.float32
+
+
+def wrap_for_memory_management(module):
+    """A ModelPatcher around our own module, so ComfyUI loads it to the GPU with its other models,
+    offloads it when something else needs the room, and counts it in its memory budget."""
+    import comfy.model_patcher
+
+    return comfy.model_patcher.ModelPatcher(module, load_device=torch_device(), offload_device=offload_device())
+
+
+def load_to_compute_device(*patchers) -> None:
+    import comfy.model_management
+
+    comfy.model_management.load_models_gpu(list(patchers))

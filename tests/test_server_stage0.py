@@ -100,3 +100,11 @@ def test_missing_optional_backend_says_how_to_install(comfy_server):
     assert error is not None and "mmpose" in error["exception_message"].lower()
     assert "install" in error["exception_message"].lower()
     assert comfy_server.alive()
+
+
+def test_8000_pixel_wide_image_goes_through_every_node(comfy_server):
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (40, 8000, 3), dtype=np.uint8)).save(comfy_server.base_dir / "input" / "wide.png")
+    entry = run_ok(comfy_server, stage0_graph("wide.png"))
+    [pose] = comfy_server.output_files({"outputs": {"p": entry["outputs"]["save_pose"]}})
+    assert Image.open(pose).size == (8000, 40)
