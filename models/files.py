@@ -53,6 +53,7 @@ FOLDERS: dict[str, ModelFolder] = {
         ModelFolder("controlnet", "controlnet", comfy_builtin=True),
         ModelFolder("clip_vision", "clip_vision", comfy_builtin=True),
         ModelFolder("ipadapter", "ipadapter"),
+        ModelFolder("diffusers", "diffusers", frozenset(), comfy_builtin=True),
         # Hugging Face model folders (one sub-folder per model), shared with other LLM packs.
         ModelFolder("LLM", "LLM", frozenset()),
     )
@@ -72,7 +73,13 @@ class ModelFile:
     aliases: tuple[str, ...] = field(default=())
 
     @property
+    def downloadable(self) -> bool:
+        return bool(self.repo_id)
+
+    @property
     def url(self) -> str:
+        if not self.downloadable:
+            return ""
         if self.is_dir:
             return f"https://huggingface.co/{self.repo_id}"
         return f"https://huggingface.co/{self.repo_id}/resolve/main/{self.repo_path or self.filename}"
@@ -93,6 +100,15 @@ KNOWN_FILES: dict[str, ModelFile] = {
                   description="OpenPose body model (controlnet_aux)"),
         ModelFile("llava-1.5-7b-hf", "LLM", "llava-hf/llava-1.5-7b-hf", is_dir=True,
                   description="LLaVA 1.5 7B, transformers layout (captioning)"),
+        ModelFile("stable-diffusion-2-1-base", "diffusers", "stabilityai/stable-diffusion-2-1-base", is_dir=True,
+                  description="SD 2.1-base in diffusers layout (stage 1's VAE and text encoder outside ComfyUI)"),
+        ModelFile("v2-1_512-ema-pruned.safetensors", "checkpoints", "stabilityai/stable-diffusion-2-1-base",
+                  description="SD 2.1-base single file (stage 1's VAE and CLIP in ComfyUI; stage-1 initialisation)"),
+        # DiffBody's own weights: no public release (see the README's training section).
+        ModelFile("diffbody_stage1_unet.safetensors", "diffbody", "",
+                  description="DiffBody stage-1 joint UNet (DiffBody layout)"),
+        ModelFile("diffbody_stage1_controlnet.safetensors", "diffbody", "",
+                  description="DiffBody stage-1 ControlNet (DiffBody layout)"),
     )
 }
 
@@ -112,10 +128,13 @@ def missing_message(filename: str, folder: str, searched: list[str], fetch_hint:
              f"Put it in: {where}"]
     if len(searched) > 1:
         lines.append("(also searched: " + ", ".join(searched[1:]) + ")")
-    if known is not None:
+    if known is not None and known.downloadable:
         what = "the whole folder" if known.is_dir else "it"
         lines.append(f"Download {what} from: {known.url}  [{known.description}]")
         lines.append(fetch_hint)
+    elif known is not None:
+        lines.append(f"[{known.description}] No DiffBody weights are public: train them with the pack's "
+                     "training scripts (README, 'Training'), or use the public-weights workflow.")
     return "\n".join(lines)
 
 
@@ -144,7 +163,7 @@ def download(filename: str, dest_dir: str) -> str:
     hard-linked (copied across file systems) into the ComfyUI models folder.
     """
     known = KNOWN_FILES.get(filename)
-    if known is None:
+    if known is None or not known.downloadable:
         raise MissingModelFile(f"DiffBody: no download source is known for '{filename}'.")
     try:
         import huggingface_hub

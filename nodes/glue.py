@@ -62,7 +62,7 @@ def model_path(filename: str, folder: str, auto_download: bool = False) -> str:
     found = find_file(filename, dirs)
     if found is not None:
         return found
-    if auto_download and filename in KNOWN_FILES:
+    if auto_download and filename in KNOWN_FILES and KNOWN_FILES[filename].downloadable:
         return download(filename, dirs[0])
     raise MissingModelFile(missing_message(filename, folder, dirs))
 
@@ -162,3 +162,44 @@ def load_to_compute_device(*patchers) -> None:
     import comfy.model_management
 
     comfy.model_management.load_models_gpu(list(patchers))
+
+
+def conditioning_tensor(conditioning):
+    """The cross-attention context of a CONDITIONING (the first entry's tensor, (1, L, D))."""
+    if not conditioning:
+        raise ValueError("DiffBody: the CONDITIONING input is empty; connect a CLIP Text Encode node.")
+    return conditioning[0][0]
+
+
+class PrecomputedText:
+    """A TextEncoder for the pipelines whose two texts ComfyUI has already encoded (CLIP Text
+    Encode -> CONDITIONING): `encode` maps the POSITIVE / NEGATIVE labels to those contexts."""
+
+    POSITIVE, NEGATIVE = "<positive conditioning>", "<negative conditioning>"
+
+    def __init__(self, positive, negative):
+        self.contexts = {self.POSITIVE: positive, self.NEGATIVE: negative}
+
+    def encode(self, prompts: list[str]):
+        import torch
+
+        contexts = [self.contexts[p] for p in prompts]
+        length = max(c.shape[1] for c in contexts)
+        # Long prompts give longer contexts (77 tokens per chunk); repeat shorter ones to match, as ComfyUI does.
+        return torch.cat([c.repeat(1, length // c.shape[1], 1) for c in contexts]).float()
+
+
+class ComfyVAECodec:
+    """A LatentCodec over ComfyUI's VAE object: (B,3,H,W) 0..1 <-> latents scaled as SD's UNet sees them."""
+
+    def __init__(self, vae):
+        import comfy.latent_formats
+
+        self.vae = vae
+        self.scale = comfy.latent_formats.SD15().scale_factor  # SD 2.x uses SD 1.x's latent space
+
+    def encode(self, images):
+        return self.vae.encode(images.movedim(1, -1)[..., :3]).float() * self.scale
+
+    def decode(self, latents):
+        return self.vae.decode(latents / self.scale).movedim(-1, 1).float().clamp(0, 1).cpu()

@@ -43,12 +43,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+TEST_NODES = Path(__file__).resolve().parent / "comfy_test_nodes"
+
+
 def make_base_dir(base: Path, pack_folder_name: str, models_dir: Path | None = None) -> Path:
-    """A ComfyUI --base-directory: custom_nodes/<pack_folder_name> -> this repo, models/, input/, output/."""
+    """A ComfyUI --base-directory: custom_nodes/<pack_folder_name> -> this repo, the test-only nodes
+    (tests/comfy_test_nodes), models/, input/, output/."""
     (base / "custom_nodes").mkdir(parents=True, exist_ok=True)
-    link = base / "custom_nodes" / pack_folder_name
-    if not link.exists():
-        link.symlink_to(REPO_ROOT, target_is_directory=True)
+    for name, target in ((pack_folder_name, REPO_ROOT), ("diffbody_test_only_nodes", TEST_NODES)):
+        link = base / "custom_nodes" / name
+        if not link.exists():
+            link.symlink_to(target, target_is_directory=True)
     if models_dir is not None:
         if not (base / "models").exists():
             (base / "models").symlink_to(models_dir, target_is_directory=True)

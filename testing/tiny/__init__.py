@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import os
 
+# The tiny stand-in for stabilityai/stable-diffusion-2-1-base, under models/diffusers/.
+TINY_SD21_NAME = "tiny-sd21"
+
 
 def build_models_dir(models_dir: str, *, seed: int = 0) -> dict[str, str]:
     """Write every tiny model under `models_dir` (laid out like ComfyUI/models) and return
@@ -17,6 +20,8 @@ def build_models_dir(models_dir: str, *, seed: int = 0) -> dict[str, str]:
     from .dwpose import write_tiny_dwpose
     from .llava import write_tiny_llava
     from .openpose import write_tiny_openpose
+    from .sd21_components import write_tiny_sd21_components
+    from .stage1 import write_tiny_sd21_diffusers, write_tiny_stage1
     from .swinir import write_tiny_swinir
 
     def place(folder: str, name: str) -> str:
@@ -35,4 +40,15 @@ def build_models_dir(models_dir: str, *, seed: int = 0) -> dict[str, str]:
     det, pose = place("diffbody_pose", "yolox_l.onnx"), place("diffbody_pose", "dw-ll_ucoco_384.onnx")
     write_tiny_dwpose(det, pose, seed=seed)
     written.update({"yolox_l.onnx": det, "dw-ll_ucoco_384.onnx": pose})
+
+    unet, controlnet = place("diffbody", "diffbody_stage1_unet.safetensors"), \
+        place("diffbody", "diffbody_stage1_controlnet.safetensors")
+    write_tiny_stage1(unet, controlnet, seed=seed)
+    written.update({"diffbody_stage1_unet.safetensors": unet, "diffbody_stage1_controlnet.safetensors": controlnet})
+    # A tiny SD 2.1-base in diffusers layout: unet/ and scheduler/ from one writer, vae/, text_encoder/
+    # and tokenizer/ (context width matching the tiny stage-1 UNet) from the other.
+    sd21 = place("diffusers", TINY_SD21_NAME)
+    write_tiny_sd21_diffusers(sd21, seed=seed)
+    write_tiny_sd21_components(sd21, seed=seed)
+    written[TINY_SD21_NAME] = sd21
     return written

@@ -1,0 +1,463 @@
+"""DiffBody stage 2 on diffusers: SDXL + the multi-prior ControlNet + the colour adapter.
+
+For the command line, the evaluation and training previews (ComfyUI runs stage 2 through its own sampler
+with our ControlNet and adapter patched in). Paper section 3.3: the ControlNet gets
+c_g = sum_i a_i F_i(prior_i) from I_ir, I_pose, I_depth, I_normal; the colour adapter gets the CLIP
+image features of I_res; the caption p' conditions through SDXL's text encoders. Paper inference: DDPM,
+200 steps.
+
+Conventions (the same as stage 1's sampler):
+- Schedulers on SDXL 1.0's training schedule (scheduler_config.json: 1000 steps, scaled_linear betas
+  0.00085..0.012, epsilon, steps_offset 1, "leading" spacing): "ddpm" (the paper's), "ddim" (eta 0),
+  "dpmpp_2m" (DPM-Solver++ 2M), "euler" (EulerDiscrete).
+- Seeds: item i of a batch draws its initial noise and its DDPM step noise from its own CPU generator
+  seeded seed + i, so an item's result does not depend on the rest of the batch or on the device.
+- Classifier-free guidance: negative prompt + the colour adapter's unconditional tokens (the CLIP
+  features of an all-zero CLIP input, as IP-Adapter does) in one half, prompt + I_res tokens in the
+  other; the ControlNet acts on both halves (ComfyUI's "Apply ControlNet" on positive and negative).
+  cfg 1 skips the unconditional half.
+- start/end percent: ComfyUI's rule, so both hosts switch the control at the same steps: a part is
+  active at timestep t iff (1 - end) * 999 <= t <= (1 - start) * 999 (start 0 and end 1: always).
+- Exactness: with every strength 0 (or control scale 0, or outside its range) the ControlNet is not
+  run and nothing is added to the UNet; with adapter weight 0 (or outside its range) the attention
+  processors call the UNet's own processors. The result is then bit-for-bit the plain SDXL one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable, Iterator, Mapping
+
+import torch
+import torch.nn.functional as F
+
+from ..models.files import DiffBodyError
+from ..models.multiprior_controlnet import PRIORS, MultiPriorControlNet
+
+if TYPE_CHECKING:
+    from ..models.colour_adapter import ColourAdapter
+
+ProgressFn = Callable[[int, int], None]
+
+SCHEDULERS = ("ddpm", "ddim", "dpmpp_2m", "euler")
+DEFAULT_STEPS = {"ddpm": 200, "ddim": 50, "dpmpp_2m": 30, "euler": 30}
+# stabilityai/stable-diffusion-xl-base-1.0, scheduler/scheduler_config.json (an EulerDiscreteScheduler there).
+SDXL_TRAINING_SCHEDULE = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
+                              beta_schedule="scaled_linear", prediction_type="epsilon", steps_offset=1,
+                              timestep_spacing="leading")
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+class Stage2Error(DiffBodyError, ValueError):
+    """Stage-2 inputs or components that do not fit together."""
+
+
+def make_scheduler(name: str):
+    """A fresh diffusers scheduler `name` (one of SCHEDULERS) on SDXL's training schedule."""
+    from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
+
+    if name == "ddpm":
+        return DDPMScheduler(**SDXL_TRAINING_SCHEDULE, variance_type="fixed_small", clip_sample=False)
+    if name == "ddim":
+        return DDIMScheduler(**SDXL_TRAINING_SCHEDULE, set_alpha_to_one=False, clip_sample=False)
+    if name == "dpmpp_2m":
+        return DPMSolverMultistepScheduler(**SDXL_TRAINING_SCHEDULE, algorithm_type="dpmsolver++", solver_order=2,
+                                           lower_order_final=True)
+    if name == "euler":
+        return EulerDiscreteScheduler(**SDXL_TRAINING_SCHEDULE, interpolation_type="linear")
+    raise Stage2Error(f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULERS)}")
+
+
+def active_at(timestep: float, start: float, end: float) -> bool:
+    """ComfyUI's start/end percent rule on the 0..999 timestep scale (see the module doc)."""
+    upper = float("inf") if start <= 0 else (1.0 - start) * 999.0
+    lower = float("-inf") if end >= 1 else (1.0 - end) * 999.0
+    return lower <= float(timestep) <= upper
+
+
+# -- text -----------------------------------------------------------------------------------------------
+
+class SDXLTextEncoders:
+    """SDXL's two CLIP text encoders: context = cat(penultimate hidden states of CLIP-L, of OpenCLIP
+    bigG) (B,77,2048); pooled = bigG's projected text embedding (B,1280) - as diffusers' SDXL pipeline."""
+
+    def __init__(self, tokenizer, text_encoder, tokenizer_2, text_encoder_2):
+        self.tokenizers = (tokenizer, tokenizer_2)
+        self.encoders = (text_encoder, text_encoder_2)
+
+    @torch.no_grad()
+    def encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """B prompts -> (context (B,77,D1+D2), pooled (B,P)), float32 on the second encoder's device."""
+        contexts, pooled = [], None
+        for tokenizer, encoder in zip(self.tokenizers, self.encoders):
+            ids = tokenizer(list(prompts), padding="max_length", max_length=tokenizer.model_max_length,
+                            truncation=True, return_tensors="pt").input_ids
+            out = encoder(ids.to(next(encoder.parameters()).device), output_hidden_states=True)
+            contexts.append(out.hidden_states[-2].float())
+            pooled = out[0].float()  # the second encoder's text_embeds
+        device = contexts[-1].device
+        return torch.cat([c.to(device) for c in contexts], dim=-1), pooled
+
+
+# -- loading the public parts ----------------------------------------------------------------------------
+
+# OpenCLIP ViT-H-14 (laion2B-s32B-b79K) as a transformers CLIPVisionModelWithProjection: the image encoder
+# of IP-Adapter Plus XL (h94/IP-Adapter models/image_encoder/config.json; ComfyUI's clip_vision_config_h.json).
+CLIP_VIT_H_CONFIG = dict(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=16,
+                         image_size=224, patch_size=14, projection_dim=1024, hidden_act="gelu", layer_norm_eps=1e-5)
+
+
+def load_sdxl_parts(folder: str, *, device: "torch.device | str" = "cpu", dtype: torch.dtype = torch.float32,
+                    vae_dtype: torch.dtype = torch.float32):
+    """(unet, vae, SDXLTextEncoders) from a local diffusers SDXL folder (unet/, vae/, text_encoder{,_2}/,
+    tokenizer{,_2}/), safetensors only, nothing fetched. The VAE defaults to float32: the original
+    SDXL VAE overflows in fp16."""
+    import os
+
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    from ..models.files import MissingModelFile
+
+    missing = [sub for sub in ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2")
+               if not os.path.isdir(os.path.join(folder, sub))]
+    if missing:
+        raise MissingModelFile(f"DiffBody: '{folder}' is not a complete diffusers SDXL folder: no {', '.join(missing)}.")
+    kw = dict(local_files_only=True, use_safetensors=True)
+    unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", torch_dtype=dtype, **kw)
+    vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", torch_dtype=vae_dtype, **kw)
+    encoders = [cls.from_pretrained(folder, subfolder=sub, torch_dtype=dtype, **kw) for cls, sub in
+                ((CLIPTextModel, "text_encoder"), (CLIPTextModelWithProjection, "text_encoder_2"))]
+    tokenizers = [CLIPTokenizer.from_pretrained(folder, subfolder=sub, local_files_only=True)
+                  for sub in ("tokenizer", "tokenizer_2")]
+    unet, vae = unet.to(device).eval(), vae.to(device).eval()
+    encoders = [e.to(device).eval() for e in encoders]
+    return unet, vae, SDXLTextEncoders(tokenizers[0], encoders[0], tokenizers[1], encoders[1])
+
+
+def load_clip_vision(path: str, *, device: "torch.device | str" = "cpu", dtype: torch.dtype = torch.float32,
+                     config: dict | None = None):
+    """The ViT-H image encoder as a transformers CLIPVisionModelWithProjection, from a transformers folder
+    (h94/IP-Adapter models/image_encoder) or a single .safetensors with the same keys (ComfyUI's
+    models/clip_vision/CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors); strict, eval mode. `config`: the
+    CLIPVisionConfig arguments of a single file (default ViT-H-14; tests pass the tiny one)."""
+    import os
+
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    from ..models.files import MissingModelFile, WrongModelFile
+
+    if os.path.isdir(path):
+        model = CLIPVisionModelWithProjection.from_pretrained(path, local_files_only=True, use_safetensors=True,
+                                                              torch_dtype=dtype)
+        return model.to(device).eval()
+    if not os.path.isfile(path):
+        raise MissingModelFile(f"DiffBody: CLIP vision model '{path}' does not exist.")
+    from safetensors.torch import load_file
+
+    state_dict = load_file(path)
+    state_dict.pop("vision_model.embeddings.position_ids", None)  # a buffer older exports saved
+    name = os.path.basename(path)
+    if "vision_model.encoder.layers.47.layer_norm1.weight" in state_dict:
+        raise WrongModelFile(f"DiffBody: '{name}' is CLIP ViT-bigG; IP-Adapter Plus XL (vit-h) needs CLIP ViT-H-14.")
+    vision_config = CLIPVisionConfig(**(CLIP_VIT_H_CONFIG if config is None else config))
+    with torch.device("meta"):  # shapes first: a wrong file fails before ViT-H is allocated
+        probe = CLIPVisionModelWithProjection(vision_config)
+    expected = {k: tuple(v.shape) for k, v in probe.state_dict().items()}
+    found = {k: tuple(v.shape) for k, v in state_dict.items()}
+    if expected != found:
+        wrong = sorted(set(expected) ^ set(found))[:3] or [k for k in expected if expected[k] != found[k]][:3]
+        raise WrongModelFile(f"DiffBody: '{name}' is not CLIP ViT-H-14's image encoder in transformers' layout "
+                             f"(e.g. {wrong}).")
+    model = CLIPVisionModelWithProjection(vision_config)
+    model.load_state_dict(state_dict, strict=True)
+    return model.to(device=device, dtype=dtype).eval()
+
+
+# -- colour adapter in diffusers' attention ---------------------------------------------------------------
+
+@dataclass
+class AdapterState:
+    """What the installed processors read at each UNet call: ip tokens for the whole UNet batch and the
+    weight (0 = off: the UNet's own processors run)."""
+
+    tokens: torch.Tensor | None = None
+    weight: float = 0.0
+
+
+class ColourAdapterProcessor:
+    """attn2 processor: the UNet's attention plus weight * the adapter's attention over ip tokens, added
+    before to_out (as IP-Adapter's processor). Off (weight 0 or no tokens): calls the original processor."""
+
+    def __init__(self, base, adapter: "ColourAdapter", layer_index: int, state: AdapterState):
+        self.base, self.adapter, self.layer_index, self.state = base, adapter, layer_index, state
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
+        if self.state.weight == 0 or self.state.tokens is None:
+            return self.base(attn, hidden_states, encoder_hidden_states, attention_mask, temb, **kwargs)
+        if hidden_states.ndim != 3 or attn.spatial_norm is not None or attn.group_norm is not None \
+                or attn.norm_q is not None or attention_mask is not None:
+            raise Stage2Error("the colour adapter supports SDXL's plain cross-attention layers only")
+        batch = hidden_states.shape[0]
+        query = attn.to_q(hidden_states)
+        context = attn.norm_encoder_hidden_states(encoder_hidden_states) if attn.norm_cross else encoder_hidden_states
+        key, value = attn.to_k(context), attn.to_v(context)
+        head_dim = key.shape[-1] // attn.heads
+
+        def heads(x):
+            return x.view(batch, -1, attn.heads, head_dim).transpose(1, 2)
+
+        query = heads(query)
+        out = F.scaled_dot_product_attention(query, heads(key), heads(value), dropout_p=0.0, is_causal=False)
+        out = out + self.state.weight * self.adapter.ip_attention(self.layer_index, query, self.state.tokens, attn.heads)
+        out = out.transpose(1, 2).reshape(batch, -1, attn.heads * head_dim).to(query.dtype)
+        out = attn.to_out[1](attn.to_out[0](out))
+        if attn.residual_connection:
+            out = out + hidden_states
+        return out / attn.rescale_output_factor
+
+
+@contextlib.contextmanager
+def colour_adapter_installed(unet, adapter: "ColourAdapter") -> Iterator[AdapterState]:
+    """Install the adapter's processors on `unet`'s cross-attentions for the duration of the block (the
+    UNet's own processors come back afterwards, even on error). Yields the AdapterState to set."""
+    original = dict(unet.attn_processors)
+    missing = [name for name in adapter.layer_names() if name not in original]
+    if missing:
+        raise Stage2Error(f"the colour adapter does not fit this UNet: it has no layer {missing[0]!r}")
+    state = AdapterState()
+    processors = dict(original)
+    for index, name in enumerate(adapter.layer_names()):
+        processors[name] = ColourAdapterProcessor(original[name], adapter, index, state)
+    unet.set_attn_processor(processors)
+    try:
+        yield state
+    finally:
+        unet.set_attn_processor(original)
+
+
+def clip_pixels(images: torch.Tensor, size: int) -> torch.Tensor:
+    """(B,3,H,W) 0..1 -> CLIP input (B,3,size,size): short side to `size` (bicubic, antialiased), centre
+    crop, quantised to 8 bits, normalised - the same steps as ComfyUI's clip_preprocess."""
+    height, width = images.shape[-2:]
+    if (height, width) != (size, size):
+        scale = size / min(height, width)
+        images = F.interpolate(images, size=(round(scale * height), round(scale * width)), mode="bicubic",
+                               antialias=True)
+        top, left = (images.shape[2] - size) // 2, (images.shape[3] - size) // 2
+        images = images[:, :, top:top + size, left:left + size]
+    images = torch.clip(255.0 * images, 0, 255).round() / 255.0
+    mean = torch.tensor(CLIP_MEAN, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
+    std = torch.tensor(CLIP_STD, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
+    return (images - mean) / std
+
+
+# -- sampling -------------------------------------------------------------------------------------------
+
+@dataclass
+class Stage2Settings:
+    """Sampling settings. `strengths` are a1..a4 by prior name (absent = 0)."""
+
+    prompt: str | list[str] = ""
+    negative_prompt: str | list[str] = ""
+    scheduler: str = "dpmpp_2m"
+    steps: int | None = None  # None: DEFAULT_STEPS[scheduler]
+    cfg: float = 5.0
+    seed: int = 0
+    strengths: dict[str, float] = field(default_factory=lambda: {p: 1.0 for p in PRIORS})
+    control_scale: float = 1.0
+    control_start: float = 0.0
+    control_end: float = 1.0
+    adapter_weight: float = 1.0
+    adapter_start: float = 0.0
+    adapter_end: float = 1.0
+
+    @classmethod
+    def paper(cls, **overrides) -> "Stage2Settings":
+        """The paper's inference: DDPM, 200 steps."""
+        return cls(**{"scheduler": "ddpm", "steps": 200, **overrides})
+
+
+class Stage2Pipeline:
+    """SDXL UNet + multi-prior ControlNet + colour adapter, all diffusers/torch modules.
+
+    unet: diffusers UNet2DConditionModel (SDXL layout); vae: diffusers AutoencoderKL; text_encoders:
+    SDXLTextEncoders (or anything with `encode(prompts) -> (context, pooled)`), may be None when prompt
+    embeddings are given; controlnet: MultiPriorControlNet or None; adapter: ColourAdapter or None;
+    image_encoder: transformers CLIPVisionModelWithProjection (needed with the adapter)."""
+
+    def __init__(self, unet, vae, text_encoders, controlnet: MultiPriorControlNet | None = None,
+                 adapter: "ColourAdapter | None" = None, image_encoder=None):
+        self.unet, self.vae, self.text_encoders = unet, vae, text_encoders
+        self.controlnet, self.adapter, self.image_encoder = controlnet, adapter, image_encoder
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.unet.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.unet.parameters()).dtype
+
+    def __call__(self, priors: Mapping[str, torch.Tensor | None], restored: torch.Tensor | None = None,
+                 settings: Stage2Settings | None = None, *, prompt_embeds=None, negative_prompt_embeds=None,
+                 progress: ProgressFn | None = None) -> torch.Tensor:
+        """Restore: priors {"image": I_ir, "pose", "depth", "normal"} (B,3,H,W) in 0..1 (those with
+        strength 0 may be absent), restored = I_res (B,3,H,W) for the colour adapter. Returns (B,3,H,W)
+        float32 in 0..1 on the CPU. `prompt_embeds` / `negative_prompt_embeds`: (context, pooled) pairs
+        instead of text."""
+        latents = self.sample_latents(priors, restored, settings, prompt_embeds=prompt_embeds,
+                                      negative_prompt_embeds=negative_prompt_embeds, progress=progress)
+        return self.decode(latents)
+
+    @torch.no_grad()
+    def sample_latents(self, priors, restored=None, settings: Stage2Settings | None = None, *,
+                       prompt_embeds=None, negative_prompt_embeds=None, progress: ProgressFn | None = None
+                       ) -> torch.Tensor:
+        """The denoised SDXL latents (B,4,H/8,W/8), scaled as the UNet sees them (before VAE unscaling)."""
+        s = settings or Stage2Settings()
+        batch, height, width = self._check_images(priors, restored)
+        use_control = self.controlnet is not None and MultiPriorControlNet.is_active(s.strengths, s.control_scale)
+        use_adapter = s.adapter_weight != 0
+        self._check_components(s, use_control, use_adapter, restored)
+        cfg_on = s.cfg != 1.0
+        context, pooled = self._prompt(s.prompt, prompt_embeds, batch)
+        if cfg_on:
+            neg_context, neg_pooled = self._prompt(s.negative_prompt, negative_prompt_embeds, batch)
+            context, pooled = torch.cat([neg_context, context]), torch.cat([neg_pooled, pooled])
+        context, pooled = context.to(self.device, self.dtype), pooled.to(self.device, self.dtype)
+        time_ids = torch.tensor([[height, width, 0, 0, height, width]], dtype=self.dtype,
+                                device=self.device).repeat(context.shape[0], 1)
+        cond_embedding = self._control_embedding(priors, s, cfg_on) if use_control else None
+        tokens = self._adapter_tokens(restored, cfg_on) if use_adapter else None
+        return self._denoise(s, batch, (height // 8, width // 8), context, pooled, time_ids, cond_embedding,
+                             tokens, progress)
+
+    def _denoise(self, s: Stage2Settings, batch, latent_size, context, pooled, time_ids, cond_embedding,
+                 tokens, progress) -> torch.Tensor:
+        scheduler = make_scheduler(s.scheduler)
+        steps = s.steps or DEFAULT_STEPS[s.scheduler]
+        scheduler.set_timesteps(steps, device=self.device)
+        generators = [torch.Generator("cpu").manual_seed(int(s.seed) + i) for i in range(batch)]
+        channels = self.unet.config.in_channels
+        noise = torch.cat([torch.randn((1, channels, *latent_size), generator=g) for g in generators])
+        latents = noise.to(self.device) * scheduler.init_noise_sigma
+        y = MultiPriorControlNet.sdxl_added_vector(pooled, time_ids) if cond_embedding is not None else None
+        adapter_cm = colour_adapter_installed(self.unet, self.adapter) if tokens is not None else contextlib.nullcontext()
+        with adapter_cm as adapter_state:
+            for i, t in enumerate(scheduler.timesteps):
+                model_in = torch.cat([latents] * (context.shape[0] // batch))
+                model_in = scheduler.scale_model_input(model_in, t).to(self.dtype)
+                control = None
+                if cond_embedding is not None and active_at(t, s.control_start, s.control_end):
+                    control = self.controlnet(model_in, t, context, y, cond_embedding, s.control_scale)
+                if adapter_state is not None:
+                    on = active_at(t, s.adapter_start, s.adapter_end)
+                    adapter_state.tokens, adapter_state.weight = tokens, (s.adapter_weight if on else 0.0)
+                noise_pred = self._unet(model_in, t, context, pooled, time_ids, control).float()
+                if context.shape[0] != batch:
+                    uncond, cond = noise_pred.chunk(2)
+                    noise_pred = uncond + s.cfg * (cond - uncond)
+                latents = _step(scheduler, noise_pred, t, latents, generators)
+                if progress is not None:
+                    progress(i + 1, len(scheduler.timesteps))
+        return latents
+
+    def _unet(self, sample, t, context, pooled, time_ids, control) -> torch.Tensor:
+        extra = {}
+        if control is not None:
+            down, mid = control
+            extra = {"down_block_additional_residuals": [d.to(self.dtype) for d in down],
+                     "mid_block_additional_residual": mid.to(self.dtype)}
+        return self.unet(sample, t, encoder_hidden_states=context,
+                         added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids}, **extra).sample
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Scaled latents -> (B,3,H,W) float32 in 0..1 on the CPU, in the VAE's dtype (use an fp16-safe
+        SDXL VAE, or a float32 one: the original SDXL VAE overflows in fp16)."""
+        param = next(self.vae.parameters())
+        shift = getattr(self.vae.config, "shift_factor", None) or 0.0
+        unscaled = latents.float() / self.vae.config.scaling_factor + shift
+        pixels = self.vae.decode(unscaled.to(param.device, param.dtype)).sample
+        return ((pixels.float() + 1.0) / 2.0).clamp(0, 1).cpu()
+
+    # -- inputs ---------------------------------------------------------------------------------------
+
+    def _check_images(self, priors, restored) -> tuple[int, int, int]:
+        images = [img for img in priors.values() if img is not None]
+        if restored is not None:
+            images.append(restored)
+        if not images:
+            raise Stage2Error("stage 2 needs at least one image (a prior or the restored image) to know the size")
+        shapes = {tuple(img.shape) for img in images}
+        if len(shapes) != 1:
+            raise Stage2Error(f"the priors and the restored image must share one (B,3,H,W) shape, got {sorted(shapes)}")
+        batch, channels, height, width = shapes.pop()
+        multiple = 8 * 2 ** (len(self.unet.config.block_out_channels) - 1)
+        if channels != 3 or height % multiple or width % multiple:
+            raise Stage2Error(f"stage-2 images must be (B,3,H,W) with H and W multiples of {multiple}, "
+                              f"got {(batch, channels, height, width)}")
+        return batch, height, width
+
+    def _check_components(self, s: Stage2Settings, use_control: bool, use_adapter: bool, restored) -> None:
+        if s.scheduler not in SCHEDULERS:
+            raise Stage2Error(f"unknown scheduler {s.scheduler!r}; choose one of {', '.join(SCHEDULERS)}")
+        if self.controlnet is None and MultiPriorControlNet.is_active(s.strengths, s.control_scale):
+            raise Stage2Error("prior strengths are set but no stage-2 ControlNet was given")
+        if use_adapter and (self.adapter is None or self.image_encoder is None):
+            raise Stage2Error("adapter_weight is not 0 but the colour adapter or the CLIP image encoder is missing")
+        if use_adapter and restored is None:
+            raise Stage2Error("adapter_weight is not 0 but no restored image (I_res) was given")
+
+    def _prompt(self, text, embeds, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if embeds is not None:
+            context, pooled = embeds
+        else:
+            if self.text_encoders is None:
+                raise Stage2Error("no text encoders: pass prompt_embeds / negative_prompt_embeds instead")
+            prompts = [text] * batch if isinstance(text, str) else list(text)
+            if len(prompts) != batch:
+                raise Stage2Error(f"{len(prompts)} prompts for {batch} images")
+            context, pooled = self.text_encoders.encode(prompts)
+        if context.shape[0] == 1 and batch > 1:
+            context, pooled = context.expand(batch, -1, -1), pooled.expand(batch, -1)
+        if context.shape[-1] != self.unet.config.cross_attention_dim:
+            raise Stage2Error(f"text context width {context.shape[-1]} does not match the UNet's "
+                              f"{self.unet.config.cross_attention_dim}")
+        return context, pooled
+
+    def _control_embedding(self, priors, s: Stage2Settings, cfg_on: bool) -> torch.Tensor:
+        embedding = self.controlnet.embed_priors(priors, s.strengths)
+        return torch.cat([embedding, embedding]) if cfg_on else embedding
+
+    def _adapter_tokens(self, restored: torch.Tensor, cfg_on: bool) -> torch.Tensor:
+        """ip tokens for the UNet batch: [unconditional (zeroed CLIP input), I_res] with CFG."""
+        encoder = self.image_encoder
+        param = next(encoder.parameters())
+        pixels = clip_pixels(restored.float(), encoder.config.image_size).to(param.device, param.dtype)
+        features = clip_image_features(encoder, pixels)
+        tokens = self.adapter.project(features)
+        if cfg_on:
+            tokens = torch.cat([self.adapter.project(clip_image_features(encoder, torch.zeros_like(pixels))), tokens])
+        return tokens
+
+
+def clip_image_features(image_encoder, pixels: torch.Tensor) -> torch.Tensor:
+    """Penultimate hidden states (B, tokens, width) of a transformers CLIP vision model."""
+    return image_encoder(pixel_values=pixels, output_hidden_states=True).hidden_states[-2]
+
+
+def _step(scheduler, noise_pred, t, latents, generators) -> torch.Tensor:
+    """One scheduler step; DDPM's step noise comes from each item's own generator."""
+    if len(generators) == 1:
+        return scheduler.step(noise_pred, t, latents, generator=generators[0]).prev_sample
+    from diffusers import DDPMScheduler
+
+    if not isinstance(scheduler, DDPMScheduler):
+        return scheduler.step(noise_pred, t, latents).prev_sample
+    # DDPM: step each item with its own generator; the scheduler is stateless across items for DDPM
+    return torch.cat([scheduler.step(noise_pred[i:i + 1], t, latents[i:i + 1], generator=g).prev_sample
+                      for i, g in enumerate(generators)])
