@@ -8,8 +8,10 @@ encoding are not included (they run once per image, not per step).
     python bench/stage1_step.py --real          # SD 2.1-base sizes, random weights, fp16 on CUDA
 
 Peak memory: on CUDA, torch.cuda.max_memory_allocated() over the sampling (weights included, since
-they sit on the device); on the CPU, the process's resident-set high-water mark (getrusage), which
-includes the Python process and its imports.
+they sit on the device); on the CPU, the process's resident-set high-water mark (VmHWM), reset before
+each setting through /proc/self/clear_refs, so it covers that setting's sampling plus whatever the
+process already holds (Python, torch, the weights). Where the reset is refused, the column shows
+getrusage's whole-process peak and says so.
 """
 
 from __future__ import annotations
@@ -59,7 +61,8 @@ def main() -> None:
         row = measure(unet, controlnet if with_control else None, cfg=cfg, steps=steps, batch=args.batch,
                       latent=(height // 8, width // 8), scheduler=args.scheduler, device=device, dtype=dtype)
         setting = f"cfg {cfg:g}, " + ("ControlNet" if with_control else "no ControlNet")
-        print(f"  {setting:<24}{row['median']:>10.3f}{row['min']:>9.3f}{row['max']:>9.3f}{row['peak_mb']:>11.0f}")
+        print(f"  {setting:<24}{row['median']:>10.3f}{row['min']:>9.3f}{row['max']:>9.3f}{row['peak_mb']:>11.0f}"
+              f"{row['scope']}")
 
 
 def count(module) -> int:
@@ -109,14 +112,36 @@ def measure(unet, controlnet, *, cfg, steps, batch, latent, scheduler, device, d
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
+    resettable = device.type == "cpu" and reset_peak_rss()
     stamps.append(time.perf_counter())
     sample_joint(unet, **inputs, steps=steps, scheduler=scheduler, cfg=cfg, dtype=dtype, progress=stamp)
     durations = [b - a for a, b in zip(stamps, stamps[1:])]
     if device.type == "cuda":
-        peak = torch.cuda.max_memory_allocated(device) / MB
+        peak, scope = torch.cuda.max_memory_allocated(device) / MB, ""
+    elif resettable:
+        peak, scope = peak_rss_mb(), ""
     else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-    return {"median": statistics.median(durations), "min": min(durations), "max": max(durations), "peak_mb": peak}
+        peak, scope = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, " (whole process)"  # KiB
+    return {"median": statistics.median(durations), "min": min(durations), "max": max(durations), "peak_mb": peak,
+            "scope": scope}
+
+
+def reset_peak_rss() -> bool:
+    """Reset this process's VmHWM to its current RSS (Linux); False where that is not allowed."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 if __name__ == "__main__":

@@ -58,14 +58,16 @@ def cross_attention_layers(unet_config: Mapping[str, Any] | None = None) -> list
     for x, level in enumerate(levels.down):
         for i, depth in enumerate(level.depths):
             for t in range(depth):
-                layers.append(_layer(f"down_blocks.{x}.attentions.{i}", t, level, len(layers), ("input", input_number, t)))
+                location = ("input", input_number, t)
+                layers.append(_layer(f"down_blocks.{x}.attentions.{i}", t, level, len(layers), location))
             input_number += 1
         input_number += 1  # the downsampler's own input block (absent after the last level: irrelevant)
     output_number = 0
     for x, level in enumerate(levels.up):
         for i, depth in enumerate(level.depths):
             for t in range(depth):
-                layers.append(_layer(f"up_blocks.{x}.attentions.{i}", t, level, len(layers), ("output", output_number, t)))
+                location = ("output", output_number, t)
+                layers.append(_layer(f"up_blocks.{x}.attentions.{i}", t, level, len(layers), location))
             output_number += 1
     for t in range(levels.mid.depths[0]):
         layers.append(_layer("mid_block.attentions.0", t, levels.mid, len(layers), ("middle", 0, t)))
@@ -452,3 +454,24 @@ def load_colour_adapter(path: str, unet_config: Mapping[str, Any] | None = None,
     adapter = adapter.to(dtype)
     adapter.load_state_dict(state_dict, strict=True)
     return adapter.eval()
+
+
+def check_ip_adapter_layout(path: str) -> None:
+    """Cheap early check (no tensor is read) that `path` is in IP-Adapter's layout: `image_proj.*` and
+    `ip_adapter.*` keys. The strict shape check happens in `load_colour_adapter` against the UNet."""
+    name = os.path.basename(path)
+    if not path.endswith((".safetensors", ".sft")):
+        return  # .bin files: load_colour_adapter reads them safely and checks everything
+    from safetensors import safe_open
+
+    try:
+        with safe_open(path, framework="pt") as f:
+            keys = list(f.keys())
+    except Exception as e:  # noqa: BLE001 - any unreadable file gets the same message
+        raise WrongModelFile(f"DiffBody: '{name}' is not a readable .safetensors file ({e}).") from e
+    if not any(k.startswith("image_proj.") for k in keys) or not any(k.startswith("ip_adapter.") for k in keys):
+        sample = ", ".join(keys[:3])
+        raise WrongModelFile(
+            f"DiffBody: '{name}' is not a colour adapter: expected IP-Adapter Plus XL's layout (keys "
+            f"'image_proj.latents', 'image_proj.layers.N...', 'ip_adapter.K.to_k_ip.weight'), found keys like "
+            f"{sample}.")

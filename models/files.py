@@ -109,6 +109,21 @@ KNOWN_FILES: dict[str, ModelFile] = {
                   description="DiffBody stage-1 joint UNet (DiffBody layout)"),
         ModelFile("diffbody_stage1_controlnet.safetensors", "diffbody", "",
                   description="DiffBody stage-1 ControlNet (DiffBody layout)"),
+        ModelFile("diffbody_stage2_controlnet.safetensors", "diffbody", "",
+                  description="DiffBody stage-2 multi-prior SDXL ControlNet (DiffBody layout)"),
+        ModelFile("diffbody_colour_adapter.safetensors", "ipadapter", "",
+                  description="DiffBody colour adapter (IP-Adapter Plus XL layout, fine-tuned)"),
+        ModelFile("ip-adapter-plus_sdxl_vit-h.safetensors", "ipadapter", "h94/IP-Adapter",
+                  "sdxl_models/ip-adapter-plus_sdxl_vit-h.safetensors",
+                  description="IP-Adapter Plus XL (colour adapter, public-weights mode and initialisation)"),
+        ModelFile("CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors", "clip_vision", "h94/IP-Adapter",
+                  "models/image_encoder/model.safetensors",
+                  description="OpenCLIP ViT-H-14 image encoder for the colour adapter"),
+        ModelFile("sd_xl_base_1.0.safetensors", "checkpoints", "stabilityai/stable-diffusion-xl-base-1.0",
+                  description="SDXL 1.0 base (stage 2)"),
+        ModelFile("controlnet-union-sdxl-1.0.safetensors", "controlnet", "xinsir/controlnet-union-sdxl-1.0",
+                  "diffusion_pytorch_model_promax.safetensors",
+                  description="ControlNet-Union SDXL (public-weights mode stage 2)"),
     )
 }
 
@@ -174,7 +189,7 @@ def download(filename: str, dest_dir: str) -> str:
     if known.is_dir:
         snapshot = huggingface_hub.snapshot_download(known.repo_id)
         shutil.copytree(snapshot, target, copy_function=_link_or_copy, dirs_exist_ok=True)
-    else:
+    else:  # saved under our file name, whatever its name in the repository
         cached = huggingface_hub.hf_hub_download(known.repo_id, known.repo_path or known.filename)
         _link_or_copy(cached, target)
     return target

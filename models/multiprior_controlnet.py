@@ -287,7 +287,8 @@ class MultiPriorControlNet(nn.Module):
             in_ch, out_ch = out_ch, channels[i]
             is_final = i == len(channels) - 1
             self.down_blocks.append(get_down_block(
-                block_type, num_layers=c.layers_per_block, transformer_layers_per_block=c.transformer_layers_per_block[i],
+                block_type, num_layers=c.layers_per_block,
+                transformer_layers_per_block=c.transformer_layers_per_block[i],
                 in_channels=in_ch, out_channels=out_ch, temb_channels=time_dim, add_downsample=not is_final,
                 resnet_eps=c.norm_eps, resnet_act_fn="silu", resnet_groups=c.norm_num_groups,
                 cross_attention_dim=c.cross_attention_dim, num_attention_heads=c.num_attention_heads[i],
@@ -409,7 +410,8 @@ class MultiPriorControlNet(nn.Module):
         t = t.reshape(-1).expand(batch) if t.numel() == 1 else t.reshape(batch)
         t_emb = self.time_proj(t).to(sample.dtype)  # fp32 sinusoids, cast like diffusers does
         if y.shape != (batch, self.config.projection_class_embeddings_input_dim):
-            raise ValueError(f"y must be (B, {self.config.projection_class_embeddings_input_dim}), got {tuple(y.shape)}")
+            width = self.config.projection_class_embeddings_input_dim
+            raise ValueError(f"y must be (B, {width}), got {tuple(y.shape)}")
         return self.time_embedding(t_emb) + self.add_embedding(y.to(sample.dtype))
 
     def _zero_residuals(self, sample: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
@@ -434,7 +436,8 @@ class MultiPriorControlNet(nn.Module):
         from diffusers.models.embeddings import get_timestep_embedding
 
         if time_ids.ndim != 2 or time_ids.shape[1] != NUM_TIME_IDS or time_ids.shape[0] != text_embeds.shape[0]:
-            raise ValueError(f"time_ids must be (B, {NUM_TIME_IDS}) matching text_embeds' batch, got {tuple(time_ids.shape)}")
+            raise ValueError(f"time_ids must be (B, {NUM_TIME_IDS}) matching text_embeds' batch, "
+                             f"got {tuple(time_ids.shape)}")
         embedded = get_timestep_embedding(time_ids.flatten(), dim, flip_sin_to_cos=True, downscale_freq_shift=0)
         embedded = embedded.reshape(text_embeds.shape[0], -1)
         return torch.cat([text_embeds, embedded.to(text_embeds.dtype)], dim=-1)

@@ -187,7 +187,8 @@ def _diffusers_weight_files(unet_dir: str) -> list[str]:
                          "(pickled .bin weights are not opened).")
 
 
-def ldm_unet_to_diffusers(ldm_state_dict: Mapping[str, torch.Tensor], unet_config: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+def ldm_unet_to_diffusers(ldm_state_dict: Mapping[str, torch.Tensor],
+                          unet_config: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     """Original (LDM) UNet keys, without the `model.diffusion_model.` prefix -> diffusers keys, using
     diffusers' own single-file converter."""
     from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint
@@ -208,7 +209,8 @@ _BASIC_TO_LDM = {"time_embedding.linear_1": "time_embed.0", "time_embedding.line
                  "conv_in": "input_blocks.0.0", "conv_norm_out": "out.0", "conv_out": "out.2"}
 
 
-def diffusers_unet_to_ldm(state_dict: Mapping[str, torch.Tensor], unet_config: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+def diffusers_unet_to_ldm(state_dict: Mapping[str, torch.Tensor],
+                          unet_config: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     """diffusers UNet keys -> original (LDM/ComfyUI) keys without prefix, for SDXL-layout UNets (the
     inverse of `ldm_unet_to_diffusers`; the tests check the round trip through diffusers' converter)."""
     lpb = unet_config["layers_per_block"]

@@ -124,7 +124,8 @@ def load_sdxl_parts(folder: str, *, device: "torch.device | str" = "cpu", dtype:
     missing = [sub for sub in ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2")
                if not os.path.isdir(os.path.join(folder, sub))]
     if missing:
-        raise MissingModelFile(f"DiffBody: '{folder}' is not a complete diffusers SDXL folder: no {', '.join(missing)}.")
+        raise MissingModelFile(f"DiffBody: '{folder}' is not a complete diffusers SDXL folder: "
+                               f"no {', '.join(missing)}.")
     kw = dict(local_files_only=True, use_safetensors=True)
     unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", torch_dtype=dtype, **kw)
     vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", torch_dtype=vae_dtype, **kw)
@@ -211,7 +212,8 @@ class ColourAdapterProcessor:
 
         query = heads(query)
         out = F.scaled_dot_product_attention(query, heads(key), heads(value), dropout_p=0.0, is_causal=False)
-        out = out + self.state.weight * self.adapter.ip_attention(self.layer_index, query, self.state.tokens, attn.heads)
+        extra = self.adapter.ip_attention(self.layer_index, query, self.state.tokens, attn.heads)
+        out = out + self.state.weight * extra
         out = out.transpose(1, 2).reshape(batch, -1, attn.heads * head_dim).to(query.dtype)
         out = attn.to_out[1](attn.to_out[0](out))
         if attn.residual_connection:
@@ -345,8 +347,9 @@ class Stage2Pipeline:
         noise = torch.cat([torch.randn((1, channels, *latent_size), generator=g) for g in generators])
         latents = noise.to(self.device) * scheduler.init_noise_sigma
         y = MultiPriorControlNet.sdxl_added_vector(pooled, time_ids) if cond_embedding is not None else None
-        adapter_cm = colour_adapter_installed(self.unet, self.adapter) if tokens is not None else contextlib.nullcontext()
-        with adapter_cm as adapter_state:
+        installed = (colour_adapter_installed(self.unet, self.adapter) if tokens is not None
+                     else contextlib.nullcontext())
+        with installed as adapter_state:
             for i, t in enumerate(scheduler.timesteps):
                 model_in = torch.cat([latents] * (context.shape[0] // batch))
                 model_in = scheduler.scale_model_input(model_in, t).to(self.dtype)

@@ -179,8 +179,9 @@ def test_wrong_adapter_layouts_are_refused_clearly(files, tmp_path, damage, mess
     elif damage == "not_ip":
         state = {"conv_in.weight": torch.zeros(4, 4, 3, 3)}
     elif damage == "even_indices":  # a loader counting only attn2 layers would write 0, 1, 2, ...
-        state = {(f"ip_adapter.{int(k.split('.')[1]) // 2}." + k.split(".", 2)[2] if k.startswith("ip_adapter.") else k): v
-                 for k, v in state.items()}
+        def halved(k):
+            return f"ip_adapter.{int(k.split('.')[1]) // 2}." + k.split(".", 2)[2] if k.startswith("ip_adapter.") else k
+        state = {halved(k): v for k, v in state.items()}
     elif damage == "drop_key":
         del state["image_proj.layers.0.0.to_q.weight"]
     elif damage == "shape":
@@ -474,7 +475,8 @@ def test_ldm_keys_of_real_sdxl():
         keys = set(diffusers_unet_to_ldm(UNet2DConditionModel(**SDXL_UNET_CONFIG).state_dict(), SDXL_UNET_CONFIG))
     assert len(keys) == 1680
     assert {"label_emb.0.0.weight", "input_blocks.3.0.op.weight", "input_blocks.6.0.op.weight",
-            "input_blocks.8.1.transformer_blocks.9.attn2.to_k.weight", "middle_block.1.transformer_blocks.9.ff.net.2.weight",
+            "input_blocks.8.1.transformer_blocks.9.attn2.to_k.weight",
+            "middle_block.1.transformer_blocks.9.ff.net.2.weight",
             "middle_block.2.out_layers.3.weight", "output_blocks.2.2.conv.weight", "output_blocks.5.2.conv.weight",
             "output_blocks.8.0.skip_connection.weight", "out.2.weight"} <= keys
 
@@ -499,7 +501,8 @@ def test_batch_items_follow_their_own_seeds(parts):
     priors, restored = prior_images(batch=2), prior_images(batch=2, seed=5)["image"]
     settings = dict(prompt="a person", steps=2, scheduler="ddpm", strengths={"image": 1.0})
     both = pipe.sample_latents(priors, restored, Stage2Settings(**settings, seed=3))
-    second = pipe.sample_latents({p: v[1:] for p, v in priors.items()}, restored[1:], Stage2Settings(**settings, seed=4))
+    second = pipe.sample_latents({p: v[1:] for p, v in priors.items()}, restored[1:],
+                                 Stage2Settings(**settings, seed=4))
     torch.testing.assert_close(both[1:], second, atol=1e-5, rtol=1e-5)
 
 

@@ -11,6 +11,10 @@ import os
 
 # The tiny stand-in for stabilityai/stable-diffusion-2-1-base, under models/diffusers/.
 TINY_SD21_NAME = "tiny-sd21"
+# Tiny SDXL stand-ins: ComfyUI's own loaders take only real-size files, so test-only nodes load these.
+TINY_SDXL_NAME = "tiny-sdxl"
+TINY_SDXL_UNET_FILE = "tiny_sdxl_unet.safetensors"
+TINY_CLIP_VISION_FILE = "tiny_clip_vision.safetensors"
 
 
 def build_models_dir(models_dir: str, *, seed: int = 0) -> dict[str, str]:
@@ -22,6 +26,7 @@ def build_models_dir(models_dir: str, *, seed: int = 0) -> dict[str, str]:
     from .openpose import write_tiny_openpose
     from .sd21_components import write_tiny_sd21_components
     from .stage1 import write_tiny_sd21_diffusers, write_tiny_stage1
+    from .stage2 import write_tiny_clip_vision, write_tiny_ip_adapter_plus_xl, write_tiny_multiprior, write_tiny_sdxl
     from .swinir import write_tiny_swinir
 
     def place(folder: str, name: str) -> str:
@@ -51,4 +56,16 @@ def build_models_dir(models_dir: str, *, seed: int = 0) -> dict[str, str]:
     write_tiny_sd21_diffusers(sd21, seed=seed)
     write_tiny_sd21_components(sd21, seed=seed)
     written[TINY_SD21_NAME] = sd21
+
+    # Stage 2: the tiny SDXL (diffusers folder + original-layout UNet file with the same weights), the
+    # multi-prior ControlNet, the colour adapter in the public IP-Adapter Plus XL layout (under both the
+    # public and DiffBody's file name) and the CLIP image encoder.
+    sdxl = write_tiny_sdxl(place("diffusers", TINY_SDXL_NAME), place("checkpoints", TINY_SDXL_UNET_FILE), seed=seed)
+    written[TINY_SDXL_NAME], written[TINY_SDXL_UNET_FILE] = sdxl["folder"], sdxl["single_file"]
+    for name, folder, writer in (("diffbody_stage2_controlnet.safetensors", "diffbody", write_tiny_multiprior),
+                                 ("ip-adapter-plus_sdxl_vit-h.safetensors", "ipadapter", write_tiny_ip_adapter_plus_xl),
+                                 ("diffbody_colour_adapter.safetensors", "ipadapter", write_tiny_ip_adapter_plus_xl)):
+        written[name] = writer(place(folder, name), seed=seed)
+    clip = write_tiny_clip_vision(single_file=place("clip_vision", TINY_CLIP_VISION_FILE), seed=seed)
+    written[TINY_CLIP_VISION_FILE] = clip["single_file"]
     return written

@@ -60,7 +60,99 @@ class TinySD21TextEncode:
         return ([[_components().text_encoder.encode([text]), {}]],)
 
 
+def _tiny_path(folder: str, name: str) -> str:
+    return os.path.join(folder_paths.get_folder_paths(folder)[0], name)
+
+
+class TinySDXLLoader:
+    """MODEL built natively by ComfyUI from the tiny original-layout SDXL UNet file (as its checkpoint
+    loader would at real size), and a VAE stand-in over the tiny SDXL folder's VAE."""
+
+    CATEGORY = "testing"
+    RETURN_TYPES = ("MODEL", "VAE")
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {}}
+
+    def load(self):
+        import comfy.model_detection
+        import comfy.model_management
+        import comfy.model_patcher
+        import comfy.supported_models
+        import comfy.utils
+        from comfyui_diffbody.pipelines.sd_components import DiffusersVAE
+        from comfyui_diffbody.testing.tiny import TINY_SDXL_NAME, TINY_SDXL_UNET_FILE
+        from diffusers import AutoencoderKL
+
+        prefix = "model.diffusion_model."
+        sd = comfy.utils.load_torch_file(_tiny_path("checkpoints", TINY_SDXL_UNET_FILE))
+        model_config = comfy.supported_models.SDXL(comfy.model_detection.detect_unet_config(sd, prefix))
+        model = model_config.get_model(sd, prefix)
+        model.load_model_weights(sd, prefix)
+        patcher = comfy.model_patcher.ModelPatcher(model, load_device=comfy.model_management.get_torch_device(),
+                                                   offload_device=comfy.model_management.unet_offload_device())
+        vae = AutoencoderKL.from_pretrained(_tiny_path("diffusers", TINY_SDXL_NAME), subfolder="vae").eval()
+        return (patcher, TinyVAE(DiffusersVAE(vae)))
+
+
+class TinySDXLTextEncode:
+    CATEGORY = "testing"
+    RETURN_TYPES = ("CONDITIONING",)
+    FUNCTION = "encode"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"text": ("STRING", {"default": "", "multiline": True})}}
+
+    def encode(self, text):
+        from comfyui_diffbody.pipelines.stage2 import load_sdxl_parts
+        from comfyui_diffbody.testing.tiny import TINY_SDXL_NAME
+
+        _, _, text_encoders = load_sdxl_parts(_tiny_path("diffusers", TINY_SDXL_NAME))
+        context, pooled = text_encoders.encode([text])
+        return ([[context, {"pooled_output": pooled}]],)
+
+
+class TinyCLIPVision:
+    """CLIP_VISION's interface (encode_image(IMAGE) -> .penultimate_hidden_states) over the tiny encoder."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def encode_image(self, image):
+        import torch
+        from comfyui_diffbody.pipelines.stage2 import clip_image_features, clip_pixels
+
+        size = self.model.config.image_size
+        with torch.no_grad():
+            features = clip_image_features(self.model, clip_pixels(image.movedim(-1, 1), size))
+        return type("Output", (), {"penultimate_hidden_states": features})()
+
+
+class TinyCLIPVisionLoader:
+    CATEGORY = "testing"
+    RETURN_TYPES = ("CLIP_VISION",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {}}
+
+    def load(self):
+        from comfyui_diffbody.pipelines.stage2 import load_clip_vision
+        from comfyui_diffbody.testing.tiny import TINY_CLIP_VISION_FILE
+        from comfyui_diffbody.testing.tiny.stage2 import tiny_clip_vision_kwargs
+
+        return (TinyCLIPVision(load_clip_vision(_tiny_path("clip_vision", TINY_CLIP_VISION_FILE),
+                                                config=tiny_clip_vision_kwargs())),)
+
+
 NODE_CLASS_MAPPINGS = {
+    "TestOnlyTinySDXLLoader": TinySDXLLoader,
+    "TestOnlyTinySDXLTextEncode": TinySDXLTextEncode,
+    "TestOnlyTinyCLIPVisionLoader": TinyCLIPVisionLoader,
     "TestOnlyTinySD21VAELoader": TinySD21VAELoader,
     "TestOnlyTinySD21TextEncode": TinySD21TextEncode,
 }
