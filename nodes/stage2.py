@@ -16,6 +16,9 @@ PRIOR_INPUTS = (("image", "I_ir, the cleaned image from 'DiffBody SwinIR Cleanup
                 ("depth", "I_depth, from 'DiffBody Stage 1 Sampler' (or a depth estimator)."),
                 ("normal", "I_normal, from 'DiffBody Stage 1 Sampler' (or a normal estimator)."))
 PAPER_STRENGTHS = {"image": 1.0, "pose": 1.0, "depth": 1.0, "normal": 1.0}
+# ControlNet-Union SDXL's control types (ComfyUI's numbering) for DiffBody's priors, for the
+# public-weights mode: the cleaned image steers as "tile".
+UNION_TYPES = {"image": 6, "pose": 0, "depth": 1, "normal": 4}
 
 
 class MultiPriorControlNetLoader:
@@ -87,13 +90,12 @@ class ApplyMultiPriorControlNet:
 
     def apply(self, positive, negative, control_net, image, pose, depth, normal, image_strength, pose_strength,
               depth_strength, normal_strength, strength, start_percent, end_percent, vae=None):
-        from .stage2_native import MultiPriorControl, union_priors_control
-
         priors = {"image": image, "pose": pose, "depth": depth, "normal": normal}
         strengths = {"image": image_strength, "pose": pose_strength, "depth": depth_strength,
                      "normal": normal_strength}
         if strength == 0 or not any(strengths.values()):
             return (positive, negative)
+        from .stage2_native import MultiPriorControl
         percent_range = (start_percent, end_percent)
 
         def attach(previous):
@@ -103,6 +105,23 @@ class ApplyMultiPriorControlNet:
             return union_priors_control(control_net, priors, strengths, strength, percent_range, vae, previous)
 
         return _with_control(positive, negative, attach)
+
+
+def union_priors_control(union_control, priors: dict, strengths: dict, strength: float,
+                         percent_range: tuple[float, float], vae=None, previous=None):
+    """Public-weights mode: ControlNet-Union SDXL applied once per prior (its own control type and
+    strength a_i * strength), chained so their residuals add up like c_g's weighted sum."""
+    chained = previous
+    for name, image in priors.items():
+        weight = float(strengths.get(name, 0.0)) * strength
+        if image is None or weight == 0.0:
+            continue
+        c = union_control.copy()
+        c.set_extra_arg("control_type", [UNION_TYPES[name]])
+        c.set_cond_hint(image[..., :3].movedim(-1, 1), weight, percent_range, vae=vae)
+        c.set_previous_controlnet(chained)
+        chained = c
+    return chained
 
 
 def _with_control(positive, negative, attach):

@@ -15,11 +15,6 @@ from comfy.ldm.modules.attention import optimized_attention
 
 from ..models.multiprior_controlnet import PRIORS, MultiPriorControlNet
 
-# ControlNet-Union SDXL's control types (ComfyUI's own numbering) for DiffBody's priors, for the
-# public-weights mode: the cleaned image steers as "tile".
-UNION_TYPES = {"image": 6, "pose": 0, "depth": 1, "normal": 4}
-
-
 class MultiPriorControl(comfy.controlnet.ControlBase):
     """DiffBody's multi-prior ControlNet as a CONTROL_NET: stacks with other ControlNets, follows
     start/end percent and strength like ComfyUI's own, and lets ComfyUI load/offload the network.
@@ -102,23 +97,6 @@ class MultiPriorControl(comfy.controlnet.ControlBase):
 
     def inference_memory_requirements(self, dtype):
         return super().inference_memory_requirements(dtype) + comfy.model_management.module_size(self.control_model)
-
-
-def union_priors_control(union_control, priors: dict, strengths: dict, strength: float,
-                         percent_range: tuple[float, float], vae=None, previous=None):
-    """Public-weights mode: ControlNet-Union SDXL applied once per prior (its own control type and
-    strength a_i * strength), chained so their residuals add up like c_g's weighted sum."""
-    chained = previous
-    for name, image in priors.items():
-        weight = float(strengths.get(name, 0.0)) * strength
-        if image is None or weight == 0.0:
-            continue
-        c = union_control.copy()
-        c.set_extra_arg("control_type", [UNION_TYPES[name]])
-        c.set_cond_hint(_as_bchw(image), weight, percent_range, vae=vae)
-        c.set_previous_controlnet(chained)
-        chained = c
-    return chained
 
 
 def _as_bchw(image: torch.Tensor) -> torch.Tensor:

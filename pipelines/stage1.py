@@ -19,7 +19,8 @@ element keeps its own history, provided the instance is stepped ONCE per timeste
 layout - stepping the branches one by one through one instance would advance its step counter three
 times and mix their histories); DDPM draws its step noise for the whole tensor, so every branch (and
 item) gets its own independent noise. A scheduler whose step mixed elements would need one copy per
-branch; `tests/test_stage1_sampler.py` checks the stacked step against per-branch copies.
+branch; `tests/test_stage1_sampler.py` checks the stacked step against per-branch copies (DDIM and
+DPM-Solver++; DDPM's update is DDIM's arithmetic plus the noise term).
 
 Seeds: item i of a batch uses its own CPU generator seeded with seed + i, for its initial noise and
 its DDPM step noise, so an item's result does not depend on what else is in the batch, and a seed
