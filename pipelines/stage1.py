@@ -20,7 +20,7 @@ layout - stepping the branches one by one through one instance would advance its
 times and mix their histories); DDPM draws its step noise for the whole tensor, so every branch (and
 item) gets its own independent noise. A scheduler whose step mixed elements would need one copy per
 branch; `tests/test_stage1_sampler.py` checks the stacked step against per-branch copies (DDIM and
-DPM-Solver++; DDPM's update is DDIM's arithmetic plus the noise term).
+DPM-Solver++; DDPM's update is likewise element-wise, plus noise drawn for the whole tensor).
 
 Seeds: item i of a batch uses its own CPU generator seeded with seed + i, for its initial noise and
 its DDPM step noise, so an item's result does not depend on what else is in the batch, and a seed
@@ -90,18 +90,31 @@ class ComponentMismatch(DiffBodyError):
     """Two components that must fit together do not (e.g. text encoder width vs UNet context width)."""
 
 
-def make_scheduler(name: str):
+def make_scheduler(name: str, **overrides):
     """A fresh diffusers scheduler `name` (one of SCHEDULERS) on SD 2.1-base's training schedule."""
     from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 
+    schedule = dict(SD21_TRAINING_SCHEDULE, **overrides)
     if name == "ddpm":
-        return DDPMScheduler(**SD21_TRAINING_SCHEDULE, variance_type="fixed_small", clip_sample=False)
+        return DDPMScheduler(**schedule, variance_type="fixed_small", clip_sample=False)
     if name == "ddim":
-        return DDIMScheduler(**SD21_TRAINING_SCHEDULE, set_alpha_to_one=False, clip_sample=False)
+        return DDIMScheduler(**schedule, set_alpha_to_one=False, clip_sample=False)
     if name == "dpmpp_2m":
-        return DPMSolverMultistepScheduler(**SD21_TRAINING_SCHEDULE, algorithm_type="dpmsolver++", solver_order=2,
+        return DPMSolverMultistepScheduler(**schedule, algorithm_type="dpmsolver++", solver_order=2,
                                            lower_order_final=True)
     raise UnknownScheduler(f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULERS)}")
+
+
+def scheduler_for_steps(name: str, steps: int, device=None):
+    """`make_scheduler(name)` with its timesteps set for `steps`. SD's "leading" spacing with
+    steps_offset 1 asks for timestep 1000 (one past the schedule) at step counts near 1000; those use
+    "trailing" spacing instead, which ends at 999."""
+    sampler = make_scheduler(name)
+    sampler.set_timesteps(steps, device=device)
+    if int(sampler.timesteps.max()) >= sampler.config.num_train_timesteps:
+        sampler = make_scheduler(name, timestep_spacing="trailing", steps_offset=0)
+        sampler.set_timesteps(steps, device=device)
+    return sampler
 
 
 def item_generators(seed: int, batch: int) -> list[torch.Generator]:
@@ -144,8 +157,7 @@ def sample_joint(
     _check_sampling_args(pose_latent, context, uncond_context, image_latent, controlnet, steps, cfg)
     device = next(unet.parameters()).device
     dtype = dtype or next(unet.parameters()).dtype
-    sampler = make_scheduler(scheduler)
-    sampler.set_timesteps(steps, device=device)
+    sampler = scheduler_for_steps(scheduler, steps, device)
     generators = item_generators(seed, pose_latent.shape[0])
     shape = (pose_latent.shape[0], len(BRANCHES), *pose_latent.shape[1:])
     latents = initial_noise(generators, shape).to(device) * sampler.init_noise_sigma

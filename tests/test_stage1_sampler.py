@@ -432,3 +432,13 @@ def test_caption_and_negative_of_different_lengths(unet):
     short = sample_joint(unet, **cond, steps=2, scheduler="ddim", seed=2)
     mixed = sample_joint(unet, **{**cond, "context": long_context}, steps=2, scheduler="ddim", seed=2)
     torch.testing.assert_close(mixed, short, rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("scheduler", ["ddpm", "ddim", "dpmpp_2m"])
+@pytest.mark.parametrize("steps", [1000, 999, 500, 200])
+def test_every_allowed_step_count_stays_inside_the_training_schedule(scheduler, steps):
+    from comfyui_diffbody.pipelines.stage1 import scheduler_for_steps
+
+    sampler = scheduler_for_steps(scheduler, steps)
+    assert len(sampler.timesteps) == steps
+    assert 0 <= int(sampler.timesteps.min()) and int(sampler.timesteps.max()) <= 999

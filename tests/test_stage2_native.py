@@ -1,0 +1,381 @@
+"""Cross-host test of stage 2: ComfyUI's own sampler with the pack's MultiPriorControl and ColourAttention
+(attached by the real nodes) against the diffusers path, on the same tiny SDXL-layout weights.
+
+A short native run (comfy.sample.sample, euler, sgm_uniform: every step sits on a training timestep, so
+both hosts give the networks the same integer timestep) records what reaches our modules: the
+ControlNet's inputs and get_control's result at every model call, and for every cross-attention layer
+the normed hidden states entering attn2 (pre-hook on to_q), its context (pre-hook on to_k) and its output
+(hook on to_out) while the adapter patch is active. The same quantities are then recomputed with the
+diffusers-side code from the raw inputs (latent, sigma, prompt embeds, pooled embeds + time ids, prior
+images at exactly latent*8 size, the restored image). Everything ComfyUI-side runs in a subprocess, so
+ComfyUI's modules never enter the pytest process.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+TOLERANCE = 1e-4  # float32 on the CPU; the measured differences are printed in the RESULT line
+EFFECT = 1e-3     # a change smaller than this would not show that the control / adapter did anything
+
+NATIVE_CHECK = r'''
+import json, sys
+comfy_dir, tests_dir, work = sys.argv[1:4]
+sys.path.insert(0, comfy_dir)
+sys.path.insert(0, tests_dir)
+import torch
+torch.set_num_threads(1)
+import comfy.options
+comfy.options.enable_args_parsing(False)
+import comfy.cli_args
+comfy.cli_args.args.cpu = True
+import comfy.model_detection, comfy.model_management, comfy.model_patcher, comfy.sample, comfy.supported_models
+import comfy.utils
+from diffusers import EulerDiscreteScheduler
+from comfy_test_nodes import TinyCLIPVision  # CLIP_VISION's interface over the tiny encoder
+from comfyui_diffbody.models.colour_adapter import comfy_attn2_locations, load_colour_adapter
+from comfyui_diffbody.models.multiprior_controlnet import MultiPriorControlNet
+from comfyui_diffbody.models.stage2_weights import load_multiprior
+from comfyui_diffbody.nodes import glue
+from comfyui_diffbody.nodes.stage2 import ApplyColourAdapter, ApplyMultiPriorControlNet, ColourAdapterFile
+from comfyui_diffbody.nodes.stage2_native import ColourAttention, MultiPriorControl
+from comfyui_diffbody.pipelines.stage2 import (SDXL_TRAINING_SCHEDULE, Stage2Pipeline, active_at,
+                                               colour_adapter_installed)
+from comfyui_diffbody.testing.tiny import stage2 as tiny
+
+SIZE, STEPS, CFG = 64, 3, 4.0
+STRENGTHS = {"image": 1.0, "pose": 0.5, "depth": 0.75, "normal": 0.0}
+CONTROL_STRENGTH, ADAPTER_WEIGHT = 0.8, 0.7
+POSITIVE_SIZES = {"width": 96, "height": 80, "crop_w": 8, "crop_h": 4, "target_width": 64, "target_height": 72}
+
+# -- weights: the same tiny SDXL for both hosts -----------------------------------------------------------
+unet_file = tiny.write_tiny_sdxl(None, work + "/tiny_sdxl_unet.safetensors", seed=0)["single_file"]
+controlnet_file = tiny.write_tiny_multiprior(work + "/tiny_cn.safetensors", seed=0)
+adapter_file = tiny.write_tiny_ip_adapter_plus_xl(work + "/tiny_plus.safetensors", seed=0)
+clip_vision = tiny.build_tiny_clip_vision(seed=0)
+
+
+def comfy_model():
+    """MODEL as tests/comfy_test_nodes' TinySDXLLoader builds it (ComfyUI's detection and SDXL class)."""
+    prefix = "model.diffusion_model."
+    sd = comfy.utils.load_torch_file(unet_file)
+    model_config = comfy.supported_models.SDXL(comfy.model_detection.detect_unet_config(sd, prefix))
+    model = model_config.get_model(sd, prefix)
+    model.load_model_weights(sd, prefix)
+    return comfy.model_patcher.ModelPatcher(model, load_device=comfy.model_management.get_torch_device(),
+                                            offload_device=comfy.model_management.unet_offload_device())
+
+
+def control_net():
+    """CONTROL_NET as MultiPriorControlNetLoader.load returns it."""
+    network = load_multiprior(controlnet_file, dtype=glue.preferred_dtype("auto"))
+    return MultiPriorControl(glue.wrap_for_memory_management(network))
+
+
+g = torch.Generator().manual_seed(7)
+priors_bhwc = {name: torch.rand(1, SIZE, SIZE, 3, generator=g) for name in STRENGTHS}  # IMAGE, latent*8
+restored_bhwc = torch.rand(1, SIZE, SIZE, 3, generator=g)
+raw = {"positive": (torch.randn(1, 77, tiny.CONTEXT_DIM, generator=g), torch.randn(1, tiny.POOLED_DIM, generator=g)),
+       "negative": (torch.randn(1, 77, tiny.CONTEXT_DIM, generator=g), torch.randn(1, tiny.POOLED_DIM, generator=g))}
+positive = [[raw["positive"][0], {"pooled_output": raw["positive"][1], **POSITIVE_SIZES}]]
+negative = [[raw["negative"][0], {"pooled_output": raw["negative"][1]}]]  # ComfyUI's defaults: latent * 8
+base = comfy_model()
+cn_node, adapter_node = ApplyMultiPriorControlNet(), ApplyColourAdapter()
+
+
+def apply_control(pos, neg, control, strength=CONTROL_STRENGTH, strengths=STRENGTHS, start=0.0, end=1.0):
+    p = priors_bhwc
+    return cn_node.apply(pos, neg, control, p["image"], p["pose"], p["depth"], p["normal"], strengths["image"],
+                         strengths["pose"], strengths["depth"], strengths["normal"], strength, start, end)
+
+
+def comfy_attn2(unet, location):
+    block, number, index = location
+    blocks = unet.middle_block if block == "middle" else {"input": unet.input_blocks,
+                                                         "output": unet.output_blocks}[block][number]
+    transformer = next(m for m in blocks if hasattr(m, "transformer_blocks"))
+    return transformer.transformer_blocks[index].attn2
+
+
+def clone_tree(value):
+    if isinstance(value, torch.Tensor):
+        return value.detach().clone()
+    if isinstance(value, dict):
+        return {k: clone_tree(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [clone_tree(v) for v in value]
+    return value
+
+
+def native_run(control_range, adapter_range):
+    """Sample natively; returns per model call: sigma, cond_or_uncond, what MultiPriorControl got and gave,
+    and per attn2 layer its normed input, context and output."""
+    control = control_net()
+    pos, neg = apply_control(positive, negative, control, start=control_range[0], end=control_range[1])
+    attached = pos[0][1]["control"]
+    model, = adapter_node.apply(base, ColourAdapterFile(adapter_file), TinyCLIPVision(clip_vision), restored_bhwc,
+                                ADAPTER_WEIGHT, adapter_range[0], adapter_range[1])
+    calls = []
+
+    def wrapper(apply_model, args):
+        calls.append({"sigma": args["timestep"].clone(), "cond_or_uncond": list(args["cond_or_uncond"]),
+                      "x": args["input"].clone(), "network": None, "control": "not called", "attn": {}})
+        return apply_model(args["input"], args["timestep"], **args["c"])
+
+    model.set_model_unet_function_wrapper(wrapper)
+    get_control = attached.get_control
+    network_inputs = []
+
+    def recording_get_control(x_noisy, t, cond, batched_number, transformer_options):
+        out = get_control(x_noisy, t, cond, batched_number, transformer_options)
+        calls_made = len(calls)  # get_control runs just before the wrapper of the same model call
+        pending.append({"x": x_noisy.clone(), "t": t.clone(), "control": clone_tree(out),
+                        "network": network_inputs.pop() if network_inputs else None, "call": calls_made})
+        return out
+
+    pending = []
+    attached.get_control = recording_get_control
+
+    def record_network(module, args, output):
+        # control_merge multiplies the outputs in place by the strength: keep copies of what came out
+        network_inputs.append({"args": clone_tree(list(args)), "output": clone_tree(output)})
+
+    hook = attached.control_model.register_forward_hook(record_network)
+    locations = comfy_attn2_locations(model.model.model_config.unet_config)
+    handles = []
+    for index, location in enumerate(locations):
+        attn2 = comfy_attn2(model.model.diffusion_model, location)
+
+        def keep(key, index=index):
+            def pre(module, args):
+                calls[-1]["attn"].setdefault(index, {})[key] = args[0].detach().clone()
+            return pre
+
+        def keep_out(module, args, output, index=index):
+            calls[-1]["attn"][index]["out"] = output.detach().clone()
+
+        handles += [attn2.to_q.register_forward_pre_hook(keep("hidden")),
+                    attn2.to_k.register_forward_pre_hook(keep("context")),
+                    attn2.to_out.register_forward_hook(keep_out)]
+    latent = torch.zeros(1, 4, SIZE // 8, SIZE // 8)
+    noise = comfy.sample.prepare_noise(latent, 5)
+    comfy.sample.sample(model, noise, STEPS, CFG, "euler", "sgm_uniform", pos, neg, latent, seed=5,
+                        disable_pbar=True)
+    hook.remove()
+    for handle in handles:
+        handle.remove()
+    for record in pending:
+        call = calls[record["call"]]
+        assert torch.equal(call["x"], record["x"]) and torch.equal(call["sigma"], record["t"])
+        call["control"], call["network"] = record["control"], record["network"]
+    patches = [p for p in model.model_options["transformer_options"]["patches_replace"]["attn2"].values()]
+    assert all(isinstance(p, ColourAttention) for p in patches) and len(patches) == len(locations)
+    return calls, patches[0]
+
+
+# -- the diffusers side -------------------------------------------------------------------------------------
+
+unet = tiny.build_tiny_sdxl_unet(seed=0)  # the weights write_tiny_sdxl put into the single file
+d_controlnet = load_multiprior(controlnet_file)
+d_adapter = load_colour_adapter(adapter_file, tiny.tiny_sdxl_unet_config())
+pipe = Stage2Pipeline(unet, None, None, d_controlnet, d_adapter, clip_vision)
+priors_bchw = {name: image.movedim(-1, 1) for name, image in priors_bhwc.items()}
+with torch.no_grad():
+    c_g = d_controlnet.embed_priors(priors_bchw, STRENGTHS)
+    pipeline_tokens = dict(zip(("uncond", "cond"), pipe._adapter_tokens(restored_bhwc.movedim(-1, 1), True).chunk(2)))
+scheduler = EulerDiscreteScheduler(**SDXL_TRAINING_SCHEDULE)
+train_log_sigmas = (((1 - scheduler.alphas_cumprod) / scheduler.alphas_cumprod) ** 0.5).log()
+time_ids = {"positive": [POSITIVE_SIZES[k] for k in ("height", "width", "crop_h", "crop_w", "target_height",
+                                                       "target_width")],
+            "negative": [SIZE, SIZE, 0, 0, SIZE, SIZE]}
+adapter_layers = [unet.get_submodule(name.rsplit(".processor", 1)[0]) for name in d_adapter.layer_names()]
+
+
+def diffusers_timestep(sigma):
+    """The training timestep whose sigma (diffusers' schedule) is `sigma`, and how far off the grid it is."""
+    distance = (sigma.log() - train_log_sigmas).abs()
+    return distance.argmin().float(), distance.min().item()
+
+
+def per_chunk(cond_or_uncond, positive_value, negative_value):
+    return torch.cat([negative_value if c == 1 else positive_value for c in cond_or_uncond])
+
+
+def diff(a, b):
+    return (a - b).abs().max().item()
+
+
+def compare(calls, control_range, adapter_range, tokens):
+    """Max differences ComfyUI vs diffusers over all calls, and which steps each part was active in."""
+    r = {"control": 0.0, "x_in": 0.0, "timestep": 0.0, "y": 0.0, "context": 0.0, "c_g": 0.0, "control_effect": 0.0,
+         "attn": 0.0, "attn_cond": 0.0, "attn_uncond": 0.0, "attn_effect": 0.0, "off_grid": 0.0,
+         "control_active": [], "control_expected": [], "adapter_expected": [], "timesteps": [], "calls": len(calls),
+         "cond_or_uncond": [], "attn_layers_seen": []}
+    with torch.no_grad():
+        for call in calls:
+            sigma, order = call["sigma"], call["cond_or_uncond"]
+            t, off = diffusers_timestep(sigma[0])
+            r["off_grid"] = max(r["off_grid"], off)
+            r["timesteps"].append(t.item())
+            r["cond_or_uncond"].append(order)
+            batch = len(order)
+            x_in = call["x"] / (sigma[:, None, None, None] ** 2 + 1) ** 0.5  # EulerDiscreteScheduler.scale_model_input
+            context = per_chunk(order, raw["positive"][0], raw["negative"][0])
+            y = per_chunk(order, *(MultiPriorControlNet.sdxl_added_vector(raw[k][1], torch.tensor([time_ids[k]],
+                                   dtype=torch.float32)) for k in ("positive", "negative")))
+            control_on = active_at(t, *control_range)
+            r["control_expected"].append(control_on)
+            r["control_active"].append(call["control"] is not None)
+            if control_on and call["control"] is not None:
+                down, mid = d_controlnet(x_in, t.expand(batch), context, y, c_g, CONTROL_STRENGTH)
+                got = call["control"]
+                r["control"] = max([r["control"], diff(got["middle"][0], mid)] +
+                                   [diff(a, b) for a, b in zip(got["output"], down, strict=True)])
+                r["control_effect"] = max([r["control_effect"], mid.abs().max().item()] + [d.abs().max().item() for d in down])
+                sample, timestep, ctx, got_y, embedding = call["network"]["args"]
+                r["x_in"] = max(r["x_in"], diff(sample, x_in))
+                r["timestep"] = max(r["timestep"], diff(timestep, t.expand(batch)))
+                r["y"] = max(r["y"], diff(got_y, y))
+                r["context"] = max(r["context"], diff(ctx, context))
+                r["c_g"] = max(r["c_g"], diff(embedding, c_g))
+            adapter_on = active_at(t, *adapter_range)
+            r["adapter_expected"].append(adapter_on)
+            r["attn_layers_seen"].append(sorted(call["attn"]))
+            with colour_adapter_installed(unet, d_adapter) as state:
+                for index, seen in call["attn"].items():
+                    state.tokens = per_chunk(order, tokens["cond"], tokens["uncond"])
+                    state.weight = ADAPTER_WEIGHT if adapter_on else 0.0
+                    ours = adapter_layers[index](seen["hidden"], encoder_hidden_states=seen["context"])
+                    r["attn"] = max(r["attn"], diff(seen["out"], ours))
+                    for c, got_chunk, our_chunk in zip(order, seen["out"].chunk(batch), ours.chunk(batch)):
+                        key = "attn_uncond" if c == 1 else "attn_cond"
+                        r[key] = max(r[key], diff(got_chunk, our_chunk))
+                    if adapter_on:
+                        state.weight = 0.0
+                        plain = adapter_layers[index](seen["hidden"], encoder_hidden_states=seen["context"])
+                        r["attn_effect"] = max(r["attn_effect"], diff(ours, plain))
+    return r
+
+
+out = {}
+calls, patch = native_run((0.0, 1.0), (0.0, 1.0))
+comfy_tokens = {"cond": patch.cond_tokens, "uncond": patch.uncond_tokens}
+out["full"] = compare(calls, (0.0, 1.0), (0.0, 1.0), comfy_tokens)
+out["full_pipeline_tokens"] = compare(calls, (0.0, 1.0), (0.0, 1.0), pipeline_tokens)
+out["tokens_cond"] = diff(comfy_tokens["cond"], pipeline_tokens["cond"])
+out["tokens_uncond"] = diff(comfy_tokens["uncond"], pipeline_tokens["uncond"])
+# a window that leaves out the first and the last step: (1 - 0.5) * 999 <= t <= (1 - 0.2) * 999
+window = (0.2, 0.5)
+calls, _ = native_run(window, window)
+out["window"] = compare(calls, window, window, comfy_tokens)
+
+# -- nothing from MultiPriorControl at strength 0 / all prior strengths 0 ----------------------------------
+out["node_identity"] = {
+    "strength_0": all(a is b for a, b in zip(apply_control(positive, negative, control_net(), strength=0.0),
+                                              (positive, negative))),
+    "priors_0": all(a is b for a, b in zip(apply_control(positive, negative, control_net(),
+                                                         strengths=dict.fromkeys(STRENGTHS, 0.0)),
+                                           (positive, negative))),
+    "adapter_0": adapter_node.apply(base, ColourAdapterFile(adapter_file), TinyCLIPVision(clip_vision),
+                                    restored_bhwc, 0.0, 0.0, 1.0)[0] is base,
+}
+sampling = base.get_model_object("model_sampling")
+x = torch.randn(2, 4, SIZE // 8, SIZE // 8, generator=g)
+sigma = torch.tensor([3.0, 3.0])
+cond = {"c_crossattn": torch.cat([raw["positive"][0], raw["negative"][0]]),
+        "y": torch.cat([MultiPriorControlNet.sdxl_added_vector(raw[k][1], torch.tensor([time_ids[k]], dtype=torch.float32))
+                        for k in ("positive", "negative")])}
+previous = control_net().set_priors(priors_bhwc, STRENGTHS, CONTROL_STRENGTH, (0.0, 1.0))
+zero_cases = {"strength_0": (STRENGTHS, 0.0), "priors_0": (dict.fromkeys(STRENGTHS, 0.0), 1.0)}
+out["zero"] = {}
+for name, (strengths, strength) in zero_cases.items():
+    for stacked in (False, True):
+        c = control_net().set_priors(priors_bhwc, strengths, strength, (0.0, 1.0))
+        runs = []
+        c.control_model.register_forward_hook(lambda *a: runs.append(1))
+        if stacked:
+            c.set_previous_controlnet(previous)
+        c.pre_run(base.model, sampling.percent_to_sigma)
+        got = c.get_control(x, sigma, cond, 2, {})
+        if stacked:
+            expected = previous.get_control(x, sigma, cond, 2, {})
+            same = got is not None and all(len(got[k]) == len(expected[k]) and
+                                           all(torch.equal(a, b) for a, b in zip(got[k], expected[k])) for k in expected)
+        else:
+            same = got is None
+        out["zero"][f"{name}{'_stacked' if stacked else ''}"] = {"returns_previous": same, "network_runs": len(runs)}
+        c.cleanup()
+print("RESULT " + json.dumps(out))
+'''
+
+
+@pytest.fixture(scope="module")
+def native(tmp_path_factory):
+    from comfy_harness import comfyui_dir
+
+    work = tmp_path_factory.mktemp("stage2_native")
+    script = work / "native_check.py"
+    script.write_text(NATIVE_CHECK)
+    tests_dir = Path(__file__).resolve().parent
+    done = subprocess.run([sys.executable, str(script), str(comfyui_dir()), str(tests_dir), str(work)],
+                          capture_output=True, text=True, timeout=300)
+    lines = [l for l in done.stdout.splitlines() if l.startswith("RESULT ")]
+    assert done.returncode == 0 and lines, done.stdout[-2000:] + done.stderr[-4000:]
+    result = json.loads(lines[-1][len("RESULT "):])
+    print("measured:", json.dumps({k: v for k, v in result.items()}, default=str))
+    return result
+
+
+def test_native_sampling_ran_batched_on_training_timesteps(native):
+    r = native["full"]
+    assert r["calls"] == 3  # cond and uncond in one batch per step
+    assert all(sorted(order) == [0, 1] for order in r["cond_or_uncond"])
+    assert r["timesteps"] == [999.0, 666.0, 333.0]
+    assert r["off_grid"] < 1e-4
+    assert all(layers == list(range(11)) for layers in r["attn_layers_seen"])
+
+
+def test_controlnet_inputs_and_residuals_equal_diffusers(native):
+    r = native["full"]
+    assert r["control_expected"] == r["control_active"] == [True] * 3
+    for key in ("x_in", "timestep", "y", "context", "c_g"):
+        assert r[key] < TOLERANCE, (key, r[key])
+    assert r["control"] < TOLERANCE < EFFECT < r["control_effect"]
+
+
+def test_colour_adapter_attention_equals_diffusers(native):
+    r = native["full"]
+    assert r["adapter_expected"] == [True] * 3
+    assert r["attn_cond"] < TOLERANCE and r["attn_uncond"] < TOLERANCE
+    assert r["attn"] < TOLERANCE < EFFECT < r["attn_effect"]
+
+
+def test_colour_adapter_tokens_equal_diffusers_pipeline(native):
+    """The node's I_res tokens and unconditional tokens are the diffusers pipeline's, so the whole
+    attention output (both CFG halves) matches with the pipeline's own tokens."""
+    assert native["tokens_cond"] < TOLERANCE
+    assert native["tokens_uncond"] < TOLERANCE
+    r = native["full_pipeline_tokens"]
+    assert r["attn_cond"] < TOLERANCE
+    assert r["attn_uncond"] < TOLERANCE
+
+
+def test_percent_window_switches_both_like_diffusers(native):
+    r = native["window"]
+    assert r["timesteps"] == [999.0, 666.0, 333.0]
+    assert r["control_expected"] == r["adapter_expected"] == [False, True, False]
+    assert r["control_active"] == r["control_expected"]  # get_control returned None outside the window
+    assert r["control"] < TOLERANCE < EFFECT < r["control_effect"]
+    # outside the window the diffusers side runs the UNet's own attention: equal means "no adapter" there
+    assert r["attn"] < TOLERANCE < EFFECT < r["attn_effect"]
+
+
+def test_zero_strengths_contribute_nothing(native):
+    assert native["node_identity"] == {"strength_0": True, "priors_0": True, "adapter_0": True}
+    for case, r in native["zero"].items():
+        assert r == {"returns_previous": True, "network_runs": 0}, case
