@@ -73,7 +73,7 @@ def _write_text_encoder(model, directory: str) -> None:
     save_file(state, os.path.join(directory, "model.safetensors"), metadata={"format": "pt"})
 
 
-def _byte_alphabet() -> list[str]:
+def byte_alphabet() -> list[str]:
     """CLIP's (GPT-2's) printable stand-ins for the 256 byte values, in its vocabulary order."""
     printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + \
         list(range(ord("®"), ord("ÿ") + 1))
@@ -86,7 +86,7 @@ def _byte_alphabet() -> list[str]:
 
 
 def _write_tokenizer(directory: str) -> dict[str, int]:
-    alphabet = _byte_alphabet()
+    alphabet = byte_alphabet()
     tokens = alphabet + [c + "</w>" for c in alphabet] + [m.replace(" ", "") for m in _MERGES]
     tokens += ["<|startoftext|>", "<|endoftext|>"]
     vocab = {token: i for i, token in enumerate(tokens)}

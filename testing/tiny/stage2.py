@@ -24,6 +24,8 @@ import tempfile
 
 import torch
 
+from .sd21_components import byte_alphabet
+
 POOLED_DIM = 32
 TEXT_WIDTHS = (32, 32)  # CLIP-L stand-in, bigG stand-in: context = 64
 CONTEXT_DIM = sum(TEXT_WIDTHS)
@@ -142,7 +144,7 @@ def build_tiny_clip_tokenizer():
     """A CLIP byte-level BPE tokenizer with the byte alphabet and no merges (77 tokens, offline)."""
     from transformers import CLIPTokenizer
 
-    alphabet = _byte_alphabet()
+    alphabet = byte_alphabet()
     tokens = alphabet + [c + "</w>" for c in alphabet] + ["<|startoftext|>", "<|endoftext|>"]
     with tempfile.TemporaryDirectory() as tmp:
         vocab_file, merges_file = os.path.join(tmp, "vocab.json"), os.path.join(tmp, "merges.txt")
@@ -150,18 +152,6 @@ def build_tiny_clip_tokenizer():
         with open(merges_file, "w", encoding="utf-8") as f:
             f.write("#version: 0.2\n")
         return CLIPTokenizer(vocab_file, merges_file, model_max_length=MAX_TOKENS, pad_token="<|endoftext|>")
-
-
-def _byte_alphabet() -> list[str]:
-    """GPT-2/CLIP's printable stand-ins for the 256 byte values."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + \
-        list(range(ord("®"), ord("ÿ") + 1))
-    chars, extra = list(printable), 0
-    for b in range(256):
-        if b not in printable:
-            chars.append(256 + extra)
-            extra += 1
-    return [chr(c) for c in chars]
 
 
 def tiny_clip_vision_config():
