@@ -203,3 +203,17 @@ class ComfyVAECodec:
 
     def decode(self, latents):
         return self.vae.decode(latents / self.scale).movedim(-1, 1).float().clamp(0, 1).cpu()
+
+
+def clip_vision_zero_input_features(clip_vision):
+    """Penultimate features of an all-zero CLIP input (zero *after* normalisation): IP-Adapter's
+    unconditional image, as its reference code and training use. (A black IMAGE through
+    encode_image would be normalised to a non-zero input.)"""
+    import comfy.model_management
+    import torch
+
+    comfy.model_management.load_model_gpu(clip_vision.patcher)
+    pixels = torch.zeros(1, 3, clip_vision.image_size, clip_vision.image_size, device=clip_vision.load_device)
+    with torch.no_grad():
+        out = clip_vision.model(pixel_values=pixels, intermediate_output=-2)
+    return out[1].to(comfy.model_management.intermediate_device())

@@ -230,8 +230,7 @@ class ApplyColourAdapter:
         image = image[..., :3]
         with torch.no_grad():
             cond = colour_adapter.project(clip_vision.encode_image(image).penultimate_hidden_states)
-            # IP-Adapter's unconditional tokens: a zeroed image through the same encoder.
-            uncond = colour_adapter.project(clip_vision.encode_image(torch.zeros_like(image)).penultimate_hidden_states)
+            uncond = colour_adapter.project(glue.clip_vision_zero_input_features(clip_vision))
         adapter_patcher = glue.wrap_for_memory_management(colour_adapter)
         return (patch_colour_adapter(model, colour_adapter, adapter_patcher, cond, uncond, weight, start_percent,
                                      end_percent),)

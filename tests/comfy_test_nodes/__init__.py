@@ -116,18 +116,33 @@ class TinySDXLTextEncode:
 
 
 class TinyCLIPVision:
-    """CLIP_VISION's interface (encode_image(IMAGE) -> .penultimate_hidden_states) over the tiny encoder."""
+    """ComfyUI's ClipVisionModel interface over the tiny encoder: encode_image(IMAGE) ->
+    .penultimate_hidden_states, and model(pixel_values, intermediate_output=-2) -> (last, penultimate),
+    image_size, load_device and patcher."""
 
     def __init__(self, model):
-        self.model = model
+        import comfy.model_management
+        import comfy.model_patcher
+        import torch
+
+        self.hf_model = model
+        self.image_size = model.config.image_size
+        self.load_device = comfy.model_management.get_torch_device()
+        # transformers models have a read-only `device`, which ModelPatcher sets: patch a plain container.
+        self.patcher = comfy.model_patcher.ModelPatcher(torch.nn.ModuleDict({"encoder": model}),
+                                                        load_device=self.load_device,
+                                                        offload_device=comfy.model_management.unet_offload_device())
+
+    def model(self, pixel_values, intermediate_output=-2):
+        out = self.hf_model(pixel_values=pixel_values, output_hidden_states=True)
+        return out.last_hidden_state, out.hidden_states[intermediate_output]
 
     def encode_image(self, image):
         import torch
-        from comfyui_diffbody.pipelines.stage2 import clip_image_features, clip_pixels
+        from comfyui_diffbody.pipelines.stage2 import clip_pixels
 
-        size = self.model.config.image_size
         with torch.no_grad():
-            features = clip_image_features(self.model, clip_pixels(image.movedim(-1, 1), size))
+            features = self.model(clip_pixels(image.movedim(-1, 1), self.image_size))[1]
         return type("Output", (), {"penultimate_hidden_states": features})()
 
 
