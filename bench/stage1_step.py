@@ -17,10 +17,11 @@ getrusage's whole-process peak and says so.
 from __future__ import annotations
 
 import argparse
-import resource
 import statistics
 import sys
 import time
+
+from process_memory import proc_status_mb, reset_peak_rss, whole_process_peak_mb
 
 MB = 1024 * 1024
 
@@ -119,29 +120,11 @@ def measure(unet, controlnet, *, cfg, steps, batch, latent, scheduler, device, d
     if device.type == "cuda":
         peak, scope = torch.cuda.max_memory_allocated(device) / MB, ""
     elif resettable:
-        peak, scope = peak_rss_mb(), ""
+        peak, scope = proc_status_mb("VmHWM"), ""
     else:
-        peak, scope = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, " (whole process)"  # KiB
+        peak, scope = whole_process_peak_mb(), " (whole process)"
     return {"median": statistics.median(durations), "min": min(durations), "max": max(durations), "peak_mb": peak,
             "scope": scope}
-
-
-def reset_peak_rss() -> bool:
-    """Reset this process's VmHWM to its current RSS (Linux); False where that is not allowed."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def peak_rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024  # kB
-    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 if __name__ == "__main__":

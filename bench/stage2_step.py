@@ -10,7 +10,7 @@ Rows (each measured in a fresh Python process, so one setting's memory cannot le
        `ControlNetModel.from_unet(unet)`, a standard single-image SDXL ControlNet of the same size;
        ours differs only in the conditioning embedding)
 
-One step = ControlNet (if any) + UNet on the classifier-free-guidance batch of 2, the guidance mix and
+s/step is the median over the timed steps. One step = ControlNet (if any) + UNet on the classifier-free-guidance batch of 2, the guidance mix and
 the scheduler update. It is timed between consecutive per-step callbacks (our `progress`, diffusers'
 `callback_on_step_end`; on CUDA after a synchronize), so the work done once per image (text, CLIP image
 features, our prior embedding c_g, noise) is outside it. Note: diffusers' ControlNet re-runs its
@@ -33,11 +33,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
 import time
+
+from process_memory import proc_status_mb, reset_peak_rss, whole_process_peak_mb
 
 MB = 1024 * 1024
 SETTINGS = {
@@ -63,7 +64,8 @@ def main() -> None:
         print(f"--real runs on CUDA only (SDXL at real size in fp16); --device {args.device} given: skipped.")
         return
     if args.device == "cuda" and not torch.cuda.is_available():
-        print(f"--device cuda{' (--real)' if args.real else ''}: torch sees no CUDA GPU, so nothing was measured (skipped).")
+        what = "--real (CUDA only)" if args.real else "--device cuda"
+        print(f"{what}: torch sees no CUDA GPU, so nothing was measured (skipped).")
         return
     print_header(args, torch)
     failed = False
@@ -124,7 +126,8 @@ def print_header(args: argparse.Namespace, torch) -> None:
     import diffusers
 
     label = "SDXL 1.0 sizes, random weights" if args.real else "tiny SDXL config (testing/tiny/stage2.py)"
-    device = torch.cuda.get_device_name(0) if args.device == "cuda" else f"CPU, {args.threads or 'default'} torch thread(s)"
+    threads = f"{args.threads or 'default'} torch thread(s)"
+    device = torch.cuda.get_device_name(0) if args.device == "cuda" else f"CPU, {threads}"
     print(f"stage-2 step: {label}; {args.width}x{args.height} px (latents {args.width // 8}x{args.height // 8}), "
           f"batch 1, cfg {args.cfg:g} (UNet batch {2 if args.cfg != 1 else 1}), {args.scheduler}, "
           f"{args.steps} timed steps after a 2-step warm-up")
@@ -134,8 +137,8 @@ def print_header(args: argparse.Namespace, torch) -> None:
               if args.device == "cuda" else "process peak RSS over warm-up + timed run (VmHWM reset after "
                                             "building; Python, torch and weights included)")
     print(f"  peak memory: {memory}; one fresh process per row")
-    print(f"  {'':2}{'setting':<32}{'s/step':>9}{'min':>9}{'max':>9}{'params M':>10}{'before MB':>11}"
-          f"{'peak MB':>10}{'build s':>9}")
+    print(f"  {'':2}{'setting':<32}{'s/step':>9}{'min s':>9}{'max s':>9}{'params M':>10}{'before MB':>11}"
+          f"{'peak MB':>10}{'build s':>9}", flush=True)
 
 
 def run_worker(setting: str, args: argparse.Namespace) -> dict | None:
@@ -148,12 +151,13 @@ def run_worker(setting: str, args: argparse.Namespace) -> dict | None:
     lines = [line for line in done.stdout.splitlines() if line.startswith(RESULT_TAG)]
     if done.returncode != 0 or not lines:
         tail = (done.stderr.strip().splitlines() or ["(no error output)"])[-1]
-        print(f"  {setting} {SETTINGS[setting]:<30}  FAILED (exit {done.returncode}): {tail}")
+        print(f"  {setting} {SETTINGS[setting]:<30}  FAILED (exit {done.returncode}): {tail}", flush=True)
         return None
     row = json.loads(lines[-1][len(RESULT_TAG):])
     mark = "" if row["peak_scope"] == "reset" else "*"
     print(f"  {setting} {SETTINGS[setting]:<30}{row['median']:>9.4f}{row['min']:>9.4f}{row['max']:>9.4f}"
-          f"{row['params'] / 1e6:>10.1f}{row['before_mb']:>11.0f}{row['peak_mb']:>9.0f}{mark:1}{row['build_s']:>9.1f}")
+          f"{row['params'] / 1e6:>10.1f}{row['before_mb']:>11.0f}{row['peak_mb']:>9.0f}{mark:1}{row['build_s']:>9.1f}",
+          flush=True)
     if mark:
         print("    * VmHWM could not be reset: ru_maxrss of the whole process, building included")
     return row
@@ -214,7 +218,7 @@ def build_setting(setting: str, *, real: bool, device, dtype, size, scheduler: s
     params = sum(p.numel() for m in networks for p in m.parameters())
     if setting in "ef":
         return diffusers_runner(unet, diffusers_controlnet, inputs, size, scheduler, cfg), params
-    return stage2_runner(setting, unet, controlnet, adapter, image_encoder, inputs, scheduler, cfg), params
+    return stage2_runner(unet, controlnet, adapter, image_encoder, inputs, scheduler, cfg), params
 
 
 def build_unet(real: bool):
@@ -273,7 +277,7 @@ def make_inputs(unet_config, size, device, dtype) -> dict:
             "restored": image()}
 
 
-def stage2_runner(setting, unet, controlnet, adapter, image_encoder, inputs, scheduler, cfg):
+def stage2_runner(unet, controlnet, adapter, image_encoder, inputs, scheduler, cfg):
     from comfyui_diffbody.models.multiprior_controlnet import PRIORS
     from comfyui_diffbody.pipelines.stage2 import Stage2Pipeline, Stage2Settings
 
@@ -364,12 +368,7 @@ def start_peak_memory(device) -> tuple[float, str]:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
         return torch.cuda.memory_allocated(device) / MB, "reset"
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # resets VmHWM to the current RSS
-        scope = "reset"
-    except OSError:
-        scope = "whole process"
+    scope = "reset" if reset_peak_rss() else "whole process"
     return proc_status_mb("VmRSS"), scope
 
 
@@ -381,15 +380,7 @@ def read_peak_memory(device, scope: str) -> float:
         return torch.cuda.max_memory_allocated(device) / MB
     if scope == "reset":
         return proc_status_mb("VmHWM")
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-
-
-def proc_status_mb(field: str) -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024  # kB
-    raise RuntimeError(f"no {field} in /proc/self/status")
+    return whole_process_peak_mb()
 
 
 if __name__ == "__main__":

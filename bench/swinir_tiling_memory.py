@@ -18,11 +18,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
 import time
+
+from process_memory import proc_status_mb, reset_peak_rss, whole_process_peak_mb
 
 DEFAULT_SIZES = ("768x512", "1536x1024", "3072x2048")
 MB = 1024 * 1024
@@ -83,8 +84,8 @@ def measure(model_path: str, size: str, args) -> dict:
         torch.cuda.reset_peak_memory_stats(device)
         result["weights_mb"] = torch.cuda.memory_allocated(device) / MB
     else:
-        result["setup_rss_mb"] = rss_mb("VmRSS")
-        result["peak_scope"] = "cleanup" if reset_rss_peak() else "whole process"
+        result["setup_rss_mb"] = proc_status_mb("VmRSS")
+        result["peak_scope"] = "cleanup" if reset_peak_rss() else "whole process"
 
     start = time.perf_counter()
     out = clean_images(model, images, tile_size=args.tile_size, tile_stride=args.tile_stride, device=device,
@@ -97,28 +98,10 @@ def measure(model_path: str, size: str, args) -> dict:
     if device.type == "cuda":
         result["device_peak_mb"] = torch.cuda.max_memory_allocated(device) / MB
     elif result["peak_scope"] == "cleanup":
-        result["peak_rss_mb"] = rss_mb("VmHWM")
+        result["peak_rss_mb"] = proc_status_mb("VmHWM")
     else:
-        result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        result["peak_rss_mb"] = whole_process_peak_mb()
     return result
-
-
-def reset_rss_peak() -> bool:
-    """Linux: writing 5 to /proc/self/clear_refs resets the RSS high-water mark to the current RSS."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def rss_mb(field: str) -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError(f"{field} not in /proc/self/status")
 
 
 def print_header(device: str) -> None:
