@@ -154,13 +154,16 @@ def test_anisotropic_gaussian_kernel_has_the_requested_covariance():
     measured = torch.tensor(
         [[(kernel * x * x).sum(), (kernel * x * y).sum()], [(kernel * x * y).sum(), (kernel * y * y).sum()]]
     )
-    rotation = torch.tensor([[math.cos(theta), -math.sin(theta)], [math.sin(theta), math.cos(theta)]], dtype=torch.float64)
+    cos, sin = math.cos(theta), math.sin(theta)
+    rotation = torch.tensor([[cos, -sin], [sin, cos]], dtype=torch.float64)
     expected = rotation @ torch.diag(torch.tensor([sigma_x**2, sigma_y**2], dtype=torch.float64)) @ rotation.T
     assert torch.allclose(measured, expected, atol=1e-3)
     assert math.isclose(kernel.sum().item(), 1.0, abs_tol=1e-12)
 
 
-@pytest.mark.parametrize("shape, beta", [("generalized", 0.5), ("generalized", 4.0), ("plateau", 1.0), ("plateau", 2.0)])
+@pytest.mark.parametrize(
+    "shape, beta", [("generalized", 0.5), ("generalized", 4.0), ("plateau", 1.0), ("plateau", 2.0)]
+)
 def test_shaped_kernels_are_normalised_symmetric_and_peak_at_the_centre(shape, beta):
     kernel = gaussian_family_kernel(21, 2.0, 1.0, 0.4, shape, beta)
     assert math.isclose(kernel.sum().item(), 1.0, abs_tol=1e-12)
@@ -181,7 +184,9 @@ def test_sinc_kernel_passes_low_and_stops_high_frequencies():
 
 
 def test_presets_are_the_five_mixtures_of_table_1():
-    blur, sr, jpeg = Op("blur", {"sigma": 2.0, "kernel_size": 21}), Op("downscale", {"factor": 4, "mode": "bicubic"}), Op("jpeg", {"quality": 50})
+    blur = Op("blur", {"sigma": 2.0, "kernel_size": 21})
+    sr = Op("downscale", {"factor": 4, "mode": "bicubic"})
+    jpeg = Op("jpeg", {"quality": 50})
     assert PRESETS == {
         "blur2_sr4": (blur, sr),
         "noise40_sr4": (sr, Op("noise", {"sigma": 40.0})),
@@ -255,7 +260,7 @@ def test_libjpeg_operation_is_pillows_codec(photo):
     pixels = (photo[0] * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format="JPEG", quality=50)
-    expected = torch.from_numpy(np.asarray(Image.open(buffer))).permute(2, 0, 1)[None].float() / 255
+    expected = torch.from_numpy(np.array(Image.open(buffer))).permute(2, 0, 1)[None].float() / 255
     assert torch.equal(out, expected)
     assert (out - photo).abs().mean() > 0.005  # it did compress
 

@@ -219,7 +219,7 @@ def _jpeg_kornia(img: torch.Tensor, quality: float) -> torch.Tensor:
         from kornia.enhance import jpeg_codec_differentiable
     except ImportError as error:
         raise MissingDependency(
-            "the 'kornia' JPEG backend needs kornia with kornia.enhance.jpeg_codec_differentiable "
+            "the 'kornia' JPEG backend needs kornia >= 0.7.2 (kornia.enhance.jpeg_codec_differentiable) "
             "(ComfyUI installs kornia; `pip install -U kornia`), or choose jpeg_backend='libjpeg'"
         ) from error
     h, w = img.shape[-2:]
@@ -441,7 +441,7 @@ class RealESRGANDegradation:
     def __call__(
         self, hq: torch.Tensor, generator: torch.Generator, trace: list[list[Op]] | None = None
     ) -> torch.Tensor:
-        """Degrade a batch; `trace` (if given) receives, per item, the list of `Op`s applied with their drawn parameters."""
+        """Degrade a batch; `trace` (if given) receives, per item, the `Op`s applied with their drawn parameters."""
         _check_images(hq, self.scale)
         items = []
         for index in range(hq.shape[0]):
@@ -499,7 +499,8 @@ class RealESRGANDegradation:
             # Half the draws below 1 (heavier tails), half above (flatter top), as Real-ESRGAN does.
             beta = _uniform(generator, low, 1.0) if _rand(generator) < 0.5 else _uniform(generator, 1.0, high)
         kernel = gaussian_family_kernel(size, sigma_x, sigma_y, theta, shape, beta)
-        params = {"type": kind, "kernel_size": size, "sigma_x": sigma_x, "sigma_y": sigma_y, "theta": theta, "beta": beta}
+        params = {"type": kind, "kernel_size": size, "sigma_x": sigma_x, "sigma_y": sigma_y, "theta": theta}
+        params["beta"] = beta
         return kernel, Op("blur", params)
 
     def _random_resize(self, img, rnd: DegradationRound, base_size, generator, trace) -> torch.Tensor:
@@ -513,7 +514,8 @@ class RealESRGANDegradation:
         mode = _choice(generator, self.config.resize_modes)
         size = (int(base_size[0] * factor), int(base_size[1] * factor))
         out = resize(img, size, mode)
-        trace.append(Op("resize", {"direction": direction, "factor": factor, "mode": mode, "size": tuple(out.shape[-2:])}))
+        out_size = tuple(out.shape[-2:])
+        trace.append(Op("resize", {"direction": direction, "factor": factor, "mode": mode, "size": out_size}))
         return out
 
     def _random_noise(self, img, rnd: DegradationRound, generator, trace) -> torch.Tensor:
