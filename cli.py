@@ -1,8 +1,8 @@
 """Command line: `python -m comfyui_diffbody restore INPUT... --out DIR`.
 
-Runs the pipeline without ComfyUI, on one image or a folder, finding model files in a ComfyUI
-models folder (or `--models-dir`). Today that is DiffBody's stage 0 (SwinIR cleanup, pose, caption);
-the diffusion stages are added as they land. `--tiny` runs everything on generated tiny random
+Runs the whole DiffBody pipeline without ComfyUI (pipelines/restore.py: stage 0 -> stage 1 ->
+re-caption -> stage 2) on one image or a folder, finding model files in a ComfyUI models folder (or
+`--models-dir`); `--stage0-only` stops after stage 0. `--tiny` runs everything on generated tiny random
 weights: a plumbing check, not a restoration.
 """
 
@@ -15,6 +15,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+# A plumbing check needs few steps; --stage1-steps / --stage2-steps still override it.
+TINY_STEPS = 2
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 REPO_ROOT = Path(__file__).resolve().parent
 
@@ -32,24 +34,51 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m comfyui_diffbody", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     restore = commands.add_parser("restore", help="restore photos of people",
-                                  description="Restore photos of people (today: DiffBody stage 0).")
+                                  description="Restore photos of people with DiffBody (stage 0, 1 and 2).")
     restore.add_argument("inputs", nargs="+", type=Path, help="image files or folders of images")
     restore.add_argument("--out", type=Path, default=Path("diffbody-output"), help="output folder")
     restore.add_argument("--models-dir", type=Path, default=None,
                          help=f"a ComfyUI-style models folder (default: {default_models_dir()})")
     restore.add_argument("--tiny", action="store_true",
-                         help="plumbing check: generate tiny random weights and run on them (output is noise)")
+                         help="plumbing check: generate tiny random weights and run on them (output is noise); "
+                              f"steps default to {TINY_STEPS} per stage")
     restore.add_argument("--download", action="store_true",
-                         help="download missing known model files from Hugging Face into the models folder")
+                         help="download missing model files that have a public source into the models folder")
+    restore.add_argument("--stage0-only", action="store_true",
+                         help="run only stage 0 (SwinIR cleanup, pose, caption)")
+    restore.add_argument("--save-priors", action="store_true",
+                         help="also write the intermediate results: *_ir, *_pose, *_stage1 (I_res), *_depth, "
+                              "*_normal, *_caption.txt")
     restore.add_argument("--upscale", type=float, default=1.0, help="super-resolution factor before cleanup")
     restore.add_argument("--tile-size", type=int, default=512)
     restore.add_argument("--tile-stride", type=int, default=256)
     restore.add_argument("--swinir", default="general_swinir_v1.ckpt", help="SwinIR file in upscale_models/")
     restore.add_argument("--pose-backend", default="dwpose", choices=["dwpose", "openpose", "mediapipe"])
-    restore.add_argument("--no-caption", action="store_true", help="skip LLaVA captioning")
+    restore.add_argument("--no-caption", action="store_true", help="skip LLaVA captioning (empty prompts)")
+    restore.add_argument("--no-recaption", action="store_true",
+                         help="keep stage 0's caption for stage 2 instead of re-captioning I_res (the paper's)")
     restore.add_argument("--caption-model", default="llava-1.5-7b-hf", help="LLaVA folder in LLM/")
+    restore.add_argument("--negative-prompt", default="", help="negative prompt for both diffusion stages")
+    # Names are checked against the pipelines' lists after parsing (importing them here would load torch
+    # for --help).
+    restore.add_argument("--size-mode", default="bucket",
+                         help="bucket (the paper's training sizes) or native (the image's own size)")
+    restore.add_argument("--stage1-scheduler", default="ddpm", help="ddpm (the paper's), ddim or dpmpp_2m")
+    restore.add_argument("--stage1-steps", type=int, default=None,
+                         help="default: the paper's 200 for ddpm, else the scheduler's usual count")
+    restore.add_argument("--stage1-cfg", type=float, default=None, help="default: 7.5 (stage 1's usual)")
+    restore.add_argument("--stage2-scheduler", default="ddpm", help="ddpm (the paper's), ddim, dpmpp_2m or euler")
+    restore.add_argument("--stage2-steps", type=int, default=None,
+                         help="default: the paper's 200 for ddpm, else the scheduler's usual count")
+    restore.add_argument("--cfg", type=float, default=5.0, help="stage-2 classifier-free guidance scale")
+    restore.add_argument("--strengths", type=float, nargs=4, default=[1.0, 1.0, 1.0, 1.0],
+                         metavar=("A1", "A2", "A3", "A4"),
+                         help="stage-2 prior strengths for I_ir, I_pose, I_depth, I_normal")
+    restore.add_argument("--adapter-weight", type=float, default=1.0, help="colour adapter weight (0: off)")
     restore.add_argument("--seed", type=int, default=0)
     restore.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    restore.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"],
+                         help="auto: float16 on CUDA, float32 on the CPU")
     return parser
 
 
@@ -67,6 +96,24 @@ def collect_images(inputs: list[Path]) -> list[Path]:
     return found
 
 
+# Model files of the diffusion stages: role -> (real name, name written by the tiny factory, folder).
+DIFFUSION_FILES = {
+    "sd21": ("stable-diffusion-2-1-base", "tiny-sd21", "diffusers"),
+    "stage1_unet": ("diffbody_stage1_unet.safetensors", None, "diffbody"),
+    "stage1_controlnet": ("diffbody_stage1_controlnet.safetensors", None, "diffbody"),
+    "sdxl": ("stable-diffusion-xl-base-1.0", "tiny-sdxl", "diffusers"),
+    "stage2_controlnet": ("diffbody_stage2_controlnet.safetensors", None, "diffbody"),
+    "colour_adapter": ("diffbody_colour_adapter.safetensors", None, "ipadapter"),
+    "clip_vision": ("CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors", "tiny_clip_vision.safetensors", "clip_vision"),
+}
+def diffusion_files(args) -> dict[str, tuple[str, str]]:
+    """role -> (file name, folder) of the stage-1 and stage-2 files; the tiny factory's names with --tiny."""
+    if args.stage0_only:
+        return {}
+    return {role: ((tiny if args.tiny and tiny else real), folder)
+            for role, (real, tiny, folder) in DIFFUSION_FILES.items()}
+
+
 def required_files(args) -> list[tuple[str, str]]:
     """(file name, folder) of every model file the chosen options need."""
     from .pipelines.pose.backends import MODEL_FILES
@@ -75,28 +122,29 @@ def required_files(args) -> list[tuple[str, str]]:
     needed += [(name, "diffbody_pose") for name in MODEL_FILES[args.pose_backend].values() if name]
     if not args.no_caption:
         needed.append((args.caption_model, "LLM"))
-    return needed
+    return needed + list(diffusion_files(args).values())
 
 
 def resolve_files(args, models_dir: Path) -> dict[str, str]:
     """{file name: path}; with missing files, print each with where to get it and exit 2."""
-    from .models.files import default_dir, download, find_file, missing_message
+    from .models.files import KNOWN_FILES, default_dir, download, find_file, missing_message
 
     paths, missing = {}, []
     for name, folder in required_files(args):
         directory = default_dir(str(models_dir), folder)
         path = find_file(name, [directory])
-        if path is None and args.download:
+        if path is None and args.download and name in KNOWN_FILES and KNOWN_FILES[name].downloadable:
             path = download(name, directory)
         if path is None:
-            missing.append(missing_message(name, folder, [directory], fetch_hint="Or pass --download to fetch it."))
+            message = missing_message(name, folder, [directory], fetch_hint="Or pass --download to fetch it.")
+            missing.append(message)
         else:
             paths[name] = path
     if missing:
         print(f"Missing model files ({len(missing)}); models folder: {models_dir}\n", file=sys.stderr)
         print("\n\n".join(missing), file=sys.stderr)
-        print("\nPass --models-dir if your ComfyUI models folder is elsewhere; --tiny runs a plumbing check on "
-              "tiny random weights.", file=sys.stderr)
+        print("\nPass --models-dir if your ComfyUI models folder is elsewhere; --stage0-only runs stage 0 alone; "
+              "--tiny runs a plumbing check on tiny random weights.", file=sys.stderr)
         raise SystemExit(2)
     return paths
 
@@ -109,51 +157,128 @@ def pick_device(name: str):
     return torch.device(name)
 
 
+def pick_dtype(name: str, device):
+    import torch
+
+    if name == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    return getattr(torch, name)
+
+
+def check_choices(args) -> None:
+    from .pipelines.buckets import SIZE_MODES
+    from .pipelines.stage1 import SCHEDULERS as STAGE1_SCHEDULERS
+    from .pipelines.stage2 import SCHEDULERS as STAGE2_SCHEDULERS
+
+    for option, value, allowed in (("--size-mode", args.size_mode, SIZE_MODES),
+                                   ("--stage1-scheduler", args.stage1_scheduler, STAGE1_SCHEDULERS),
+                                   ("--stage2-scheduler", args.stage2_scheduler, STAGE2_SCHEDULERS)):
+        if value not in allowed:
+            raise SystemExit(f"error: {option} {value!r}: choose one of {', '.join(allowed)}")
+    for option, steps in (("--stage1-steps", args.stage1_steps), ("--stage2-steps", args.stage2_steps)):
+        if steps is not None and not 1 <= steps <= 1000:
+            raise SystemExit(f"error: {option} must be from 1 to 1000, got {steps}")
+
+
+def model_paths(args, paths: dict[str, str]):
+    from .pipelines.pose.backends import MODEL_FILES
+    from .pipelines.restore import ModelPaths
+
+    diffusion = {role: paths[name] for role, (name, _) in diffusion_files(args).items()}
+    clip_config = None
+    if args.tiny and not args.stage0_only:
+        from .testing.tiny.stage2 import tiny_clip_vision_kwargs
+
+        clip_config = tiny_clip_vision_kwargs()  # the tiny file is not ViT-H-14's shape
+    return ModelPaths(swinir=paths[args.swinir], pose_backend=args.pose_backend,
+                      pose_files={role: paths[name] for role, name in MODEL_FILES[args.pose_backend].items() if name},
+                      llava=None if args.no_caption else paths[args.caption_model], clip_vision_config=clip_config,
+                      **diffusion)
+
+
+def restore_options(args, device):
+    from .pipelines.restore import RestoreOptions
+    from .pipelines.stage0 import Stage0Options
+    from .pipelines.stage1 import DEFAULT_CFG
+
+    def steps(given: int | None) -> int | None:  # None: the scheduler's default (DDPM: the paper's 200)
+        return TINY_STEPS if given is None and args.tiny else given
+
+    return RestoreOptions(
+        stage0=Stage0Options(upscale=args.upscale, tile_size=args.tile_size, tile_stride=args.tile_stride,
+                             seed=args.seed),
+        stage0_only=args.stage0_only, recaption=not args.no_recaption, size_mode=args.size_mode,
+        stage1_scheduler=args.stage1_scheduler, stage1_steps=steps(args.stage1_steps),
+        stage1_cfg=DEFAULT_CFG if args.stage1_cfg is None else args.stage1_cfg,
+        stage2_scheduler=args.stage2_scheduler, stage2_steps=steps(args.stage2_steps), cfg=args.cfg,
+        strengths=tuple(args.strengths), adapter_weight=args.adapter_weight, negative_prompt=args.negative_prompt,
+        seed=args.seed, device=str(device), dtype=pick_dtype(args.dtype, device))
+
+
+def save_results(result, stem: Path, save_priors: bool, stage0_only: bool) -> None:
+    """<stem>_restored.png; with save_priors (always with stage0_only) the intermediate results too."""
+    from PIL import Image
+
+    from .pipelines.image import chw_to_uint8
+
+    def save(image, suffix: str) -> None:
+        Image.fromarray(chw_to_uint8(image)).save(f"{stem}_{suffix}.png")
+
+    if not stage0_only:
+        save(result.restored, "restored")
+    if not (save_priors or stage0_only):
+        return
+    save(result.cleaned, "ir")
+    save(result.pose_image, "pose")
+    Path(f"{stem}_pose.json").write_text(json.dumps(result.keypoints))
+    if result.caption:
+        Path(f"{stem}_caption.txt").write_text(result.caption + "\n")
+    if stage0_only:
+        return
+    save(result.stage1, "stage1")
+    save(result.depth, "depth")
+    save(result.normal, "normal")
+    if result.recaption:
+        Path(f"{stem}_recaption.txt").write_text(result.recaption + "\n")
+
+
 def restore(args) -> int:
     import numpy as np
     from PIL import Image
-    from tqdm import tqdm
 
-    from .models.swinir import load_swinir
-    from .pipelines.image import chw_to_uint8, uint8_to_chw
-    from .pipelines.pose.backends import MODEL_FILES, make_estimator
-    from .pipelines.stage0 import Stage0Options, run_stage0
+    from .pipelines.image import uint8_to_chw
+    from .pipelines.restore import restore_images
 
-    images = collect_images(args.inputs)
+    check_choices(args)
+    image_paths = collect_images(args.inputs)
     with tempfile.TemporaryDirectory(prefix="diffbody-tiny-") as tiny_dir:
         if args.tiny:
             from .testing.tiny import build_models_dir
 
-            print("--tiny: generating tiny random weights; the output checks the plumbing, it is not a restoration.")
+            print("--tiny: a plumbing check on tiny random weights; the output is noise, not a restoration.")
             build_models_dir(tiny_dir)
         models_dir = Path(tiny_dir) if args.tiny else (args.models_dir or default_models_dir())
-        paths = resolve_files(args, models_dir)
+        models = model_paths(args, resolve_files(args, models_dir))
         device = pick_device(args.device)
-        swinir = load_swinir(paths[args.swinir])
-        roles = {role: paths[name] for role, name in MODEL_FILES[args.pose_backend].items() if name}
-        estimator = make_estimator(args.pose_backend, roles, device=str(device))
-        captioner = None
-        if not args.no_caption:
-            from .pipelines.caption import LlavaCaptioner
-
-            captioner = LlavaCaptioner.load(paths[args.caption_model], device=str(device))
-        options = Stage0Options(upscale=args.upscale, tile_size=args.tile_size, tile_stride=args.tile_stride,
-                                seed=args.seed)
-        args.out.mkdir(parents=True, exist_ok=True)
-        for path in tqdm(images, desc="restoring", unit="image"):
-            rgb = np.asarray(Image.open(path).convert("RGB"))
-            result = run_stage0(uint8_to_chw(rgb).unsqueeze(0), swinir=swinir, pose_estimator=estimator,
-                                captioner=captioner, options=options, device=device)
-            stem = args.out / path.stem
-            Image.fromarray(chw_to_uint8(result.cleaned[0])).save(f"{stem}_ir.png")
-            Image.fromarray(chw_to_uint8(result.pose_images[0])).save(f"{stem}_pose.png")
-            Path(f"{stem}_pose.json").write_text(json.dumps(result.keypoints[0]))
-            if result.captions:
-                Path(f"{stem}_caption.txt").write_text(result.captions[0] + "\n")
-    print(f"Wrote stage-0 results for {len(images)} image(s) to {args.out}: *_ir.png (SwinIR cleanup), "
-          "*_pose.png and *_pose.json (pose), *_caption.txt (caption). The diffusion stages (1 and 2) are not "
-          "in this release yet.")
+        images = [uint8_to_chw(np.asarray(Image.open(p).convert("RGB"))).unsqueeze(0) for p in image_paths]
+        results = restore_images(images, models, restore_options(args, device))
+    args.out.mkdir(parents=True, exist_ok=True)
+    for path, result in zip(image_paths, results):
+        save_results(result, args.out / path.stem, args.save_priors, args.stage0_only)
+    print(summary(args, len(image_paths)))
     return 0
+
+
+def summary(args, count: int) -> str:
+    label = " (plumbing check on tiny random weights)" if args.tiny else ""
+    if args.stage0_only:
+        return (f"Wrote stage-0 results{label} for {count} image(s) to {args.out}: *_ir.png (SwinIR cleanup), "
+                "*_pose.png and *_pose.json (pose), *_caption.txt (caption).")
+    written = "*_restored.png"
+    if args.save_priors:
+        written += (", priors *_ir.png, *_pose.png/.json, *_stage1.png (I_res), *_depth.png, *_normal.png, "
+                    "*_caption.txt and *_recaption.txt")
+    return f"Wrote DiffBody results{label} for {count} image(s) to {args.out}: {written}."
 
 
 def main(argv: list[str] | None = None) -> int:

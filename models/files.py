@@ -119,6 +119,8 @@ KNOWN_FILES: dict[str, ModelFile] = {
         ModelFile("CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors", "clip_vision", "h94/IP-Adapter",
                   "models/image_encoder/model.safetensors",
                   description="OpenCLIP ViT-H-14 image encoder for the colour adapter"),
+        ModelFile("stable-diffusion-xl-base-1.0", "diffusers", "stabilityai/stable-diffusion-xl-base-1.0", is_dir=True,
+                  description="SDXL 1.0 base in diffusers layout (stage 2 outside ComfyUI)"),
         ModelFile("sd_xl_base_1.0.safetensors", "checkpoints", "stabilityai/stable-diffusion-xl-base-1.0",
                   description="SDXL 1.0 base (stage 2)"),
         ModelFile("controlnet-union-sdxl-1.0.safetensors", "controlnet", "xinsir/controlnet-union-sdxl-1.0",

@@ -18,36 +18,73 @@ def run_cli(*args, cwd):
                           capture_output=True, text=True, cwd=cwd, timeout=600)
 
 
-def test_tiny_run_writes_every_stage0_output(tmp_path):
-    result = run_cli(SAMPLE, "--tiny", "--upscale", "2", "--out", tmp_path / "out", cwd=tmp_path)
+STAGE0_FILES = [("general_swinir_v1.ckpt", "upscale_models"), ("yolox_l.onnx", "diffbody/pose"),
+                ("dw-ll_ucoco_384.onnx", "diffbody/pose"), ("llava-1.5-7b-hf", "LLM")]
+DIFFUSION_FILES = [("stable-diffusion-2-1-base", "diffusers"), ("diffbody_stage1_unet.safetensors", "diffbody"),
+                   ("diffbody_stage1_controlnet.safetensors", "diffbody"),
+                   ("stable-diffusion-xl-base-1.0", "diffusers"),
+                   ("diffbody_stage2_controlnet.safetensors", "diffbody"),
+                   ("diffbody_colour_adapter.safetensors", "ipadapter"),
+                   ("CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors", "clip_vision")]
+
+
+def test_tiny_run_restores_and_saves_every_prior(tmp_path):
+    # native size mode: the same plumbing as the default bucket mode, on a quarter of the pixels
+    result = run_cli(SAMPLE, "--tiny", "--upscale", "2", "--size-mode", "native", "--save-priors",
+                     "--out", tmp_path / "out", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "plumbing" in result.stdout
     out = tmp_path / "out"
     width, height = Image.open(SAMPLE).size
-    assert Image.open(out / "sample_person_lq_ir.png").size == (2 * width, 2 * height)
-    assert Image.open(out / "sample_person_lq_pose.png").size == (2 * width, 2 * height)
+    for suffix in ("restored", "ir", "pose", "stage1", "depth", "normal"):
+        assert Image.open(out / f"sample_person_lq_{suffix}.png").size == (2 * width, 2 * height), suffix
     frame = json.loads((out / "sample_person_lq_pose.json").read_text())
     assert frame["canvas_width"] == 2 * width
     assert (out / "sample_person_lq_caption.txt").read_text().strip()
+    assert (out / "sample_person_lq_recaption.txt").read_text().strip()
+    for stage in ("stage 1", "stage 2"):  # the tqdm bars, with the tiny default of 2 steps each
+        assert stage in result.stderr
+    assert "2/2" in result.stderr
+
+
+def test_stage0_only_on_a_folder_writes_the_stage0_outputs(tmp_path):
+    images = tmp_path / "in"
+    images.mkdir()
+    Image.open(SAMPLE).save(images / "a.png")
+    Image.open(SAMPLE).resize((40, 24)).save(images / "b.jpg")
+    (images / "notes.txt").write_text("not an image")
+    result = run_cli(images, "--tiny", "--stage0-only", "--upscale", "2", "--out", tmp_path / "out", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "plumbing" in result.stdout
+    out = tmp_path / "out"
+    assert sorted(p.name for p in out.glob("*_ir.png")) == ["a_ir.png", "b_ir.png"]
+    width, height = Image.open(SAMPLE).size
+    assert Image.open(out / "a_ir.png").size == (2 * width, 2 * height)
+    assert Image.open(out / "a_pose.png").size == (2 * width, 2 * height)
+    assert Image.open(out / "b_pose.png").size == (80, 48)
+    assert json.loads((out / "a_pose.json").read_text())["canvas_width"] == 2 * width
+    assert (out / "a_caption.txt").read_text().strip()
+    assert not list(out.glob("*_restored.png"))
+    assert "stage 1" not in result.stderr
 
 
 def test_without_weights_lists_every_missing_file_and_exits_non_zero(tmp_path):
     models = tmp_path / "models"
     result = run_cli(SAMPLE, "--models-dir", models, "--out", tmp_path / "out", cwd=tmp_path)
     assert result.returncode == 2
-    for name, folder in [("general_swinir_v1.ckpt", "upscale_models"), ("yolox_l.onnx", "diffbody/pose"),
-                         ("dw-ll_ucoco_384.onnx", "diffbody/pose"), ("llava-1.5-7b-hf", "LLM")]:
-        assert name in result.stderr and str(models / folder) in result.stderr
-    assert "huggingface.co" in result.stderr
+    for name, folder in STAGE0_FILES + DIFFUSION_FILES:
+        assert f"'{name}'" in result.stderr and str(models / folder) in result.stderr, name
+    assert "Missing model files (11)" in result.stderr
+    assert "huggingface.co/stabilityai/stable-diffusion-2-1-base" in result.stderr
+    assert "huggingface.co/stabilityai/stable-diffusion-xl-base-1.0" in result.stderr
+    assert "No DiffBody weights are public" in result.stderr
     assert not (tmp_path / "out").exists()
 
 
-def test_a_folder_of_images_is_processed(tmp_path):
-    images = tmp_path / "in"
-    images.mkdir()
-    for name in ("a.png", "b.jpg"):
-        Image.open(SAMPLE).resize((40, 24)).save(images / name)
-    (images / "notes.txt").write_text("not an image")
-    result = run_cli(images, "--tiny", "--no-caption", "--out", tmp_path / "out", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert sorted(p.name for p in (tmp_path / "out").glob("*_ir.png")) == ["a_ir.png", "b_ir.png"]
+def test_stage0_only_without_weights_asks_for_the_stage0_files_alone(tmp_path):
+    models = tmp_path / "models"
+    result = run_cli(SAMPLE, "--stage0-only", "--models-dir", models, "--out", tmp_path / "out", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "Missing model files (4)" in result.stderr
+    for name, _ in DIFFUSION_FILES:
+        assert name not in result.stderr
