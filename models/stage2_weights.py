@@ -25,7 +25,7 @@ from typing import Any, Mapping
 
 import torch
 
-from .colour_adapter import ColourAdapter, load_colour_adapter  # noqa: F401  (re-exported for callers)
+from .colour_adapter import ColourAdapter
 from .files import MissingModelFile, WrongModelFile
 from .multiprior_controlnet import SDXL_UNET_CONFIG, MultiPriorControlNet, MultiPriorControlNetConfig
 
