@@ -217,3 +217,22 @@ def clip_vision_zero_input_features(clip_vision):
     with torch.no_grad():
         out = clip_vision.model(pixel_values=pixels, intermediate_output=-2)
     return out[1].to(comfy.model_management.intermediate_device())
+
+
+def save_temp_images(images, prefix: str) -> list[dict]:
+    """Write an IMAGE batch to ComfyUI's temp folder, as its Preview Image node does, and return the
+    entries the frontend loads through /view: [{"filename", "subfolder", "type": "temp"}, ...]."""
+    import folder_paths
+    import numpy as np
+    from PIL import Image
+
+    height, width = images.shape[1], images.shape[2]
+    folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(prefix, folder_paths.get_temp_directory(),
+                                                                          width, height)
+    entries = []
+    for index, image in enumerate(images):
+        pixels = (image[..., :3].clamp(0, 1).cpu().numpy() * 255.0).round().astype(np.uint8)
+        filename = f"{name}_{counter + index:05}_.png"
+        Image.fromarray(pixels).save(os.path.join(folder, filename), compress_level=1)
+        entries.append({"filename": filename, "subfolder": subfolder, "type": "temp"})
+    return entries
