@@ -56,6 +56,8 @@ FOLDERS: dict[str, ModelFolder] = {
         ModelFolder("diffusers", "diffusers", frozenset(), comfy_builtin=True),
         # Hugging Face model folders (one sub-folder per model), shared with other LLM packs.
         ModelFolder("LLM", "LLM", frozenset()),
+        # Depth and normal estimators (Hugging Face model folders): the priors without stage-1 weights.
+        ModelFolder("diffbody_priors", os.path.join("diffbody", "priors"), frozenset()),
     )
 }
 
@@ -71,6 +73,10 @@ class ModelFile:
     description: str = ""
     is_dir: bool = False
     aliases: tuple[str, ...] = field(default=())
+    # A folder whose safetensors live on another branch or pull request than main (e.g. "refs/pr/5").
+    revision: str = ""
+    # Files of a folder the pack never reads (pickled duplicates of the safetensors): not downloaded.
+    skip_patterns: tuple[str, ...] = field(default=())
 
     @property
     def downloadable(self) -> bool:
@@ -81,7 +87,8 @@ class ModelFile:
         if not self.downloadable:
             return ""
         if self.is_dir:
-            return f"https://huggingface.co/{self.repo_id}"
+            tree = f"/tree/{self.revision.replace('/', '%2F')}" if self.revision else ""
+            return f"https://huggingface.co/{self.repo_id}{tree}"
         return f"https://huggingface.co/{self.repo_id}/resolve/main/{self.repo_path or self.filename}"
 
 
@@ -126,6 +133,21 @@ KNOWN_FILES: dict[str, ModelFile] = {
         ModelFile("controlnet-union-sdxl-1.0.safetensors", "controlnet", "xinsir/controlnet-union-sdxl-1.0",
                   "diffusion_pytorch_model_promax.safetensors",
                   description="ControlNet-Union SDXL (public-weights mode stage 2)"),
+        # Depth and normal estimators (public-weights mode's depth/normal priors; training-data annotation).
+        # Depth Anything V2 Small is Apache-2.0; Base and Large are CC-BY-NC-4.0 (non-commercial).
+        ModelFile("Depth-Anything-V2-Large-hf", "diffbody_priors", "depth-anything/Depth-Anything-V2-Large-hf",
+                  is_dir=True, description="Depth Anything V2 Large, transformers layout (depth; CC-BY-NC-4.0)"),
+        ModelFile("Depth-Anything-V2-Base-hf", "diffbody_priors", "depth-anything/Depth-Anything-V2-Base-hf",
+                  is_dir=True, description="Depth Anything V2 Base, transformers layout (depth; CC-BY-NC-4.0)"),
+        ModelFile("Depth-Anything-V2-Small-hf", "diffbody_priors", "depth-anything/Depth-Anything-V2-Small-hf",
+                  is_dir=True, description="Depth Anything V2 Small, transformers layout (depth; Apache-2.0)"),
+        # Its main branch holds pickled weights only; the safetensors conversion sits in pull request 5.
+        ModelFile("dpt-hybrid-midas", "diffbody_priors", "Intel/dpt-hybrid-midas", is_dir=True,
+                  revision="refs/pr/5", skip_patterns=("*.bin",),
+                  description="MiDaS v3 DPT-Hybrid, transformers layout (depth, the paper's MiDaS)"),
+        ModelFile("marigold-normals-v1-1", "diffbody_priors", "prs-eth/marigold-normals-v1-1", is_dir=True,
+                  skip_patterns=("*.fp16.safetensors",),
+                  description="Marigold normals v1.1, diffusers layout (surface normals)"),
     )
 }
 
@@ -189,7 +211,8 @@ def download(filename: str, dest_dir: str) -> str:
     os.makedirs(dest_dir, exist_ok=True)
     target = os.path.join(dest_dir, known.filename)
     if known.is_dir:
-        snapshot = huggingface_hub.snapshot_download(known.repo_id)
+        snapshot = huggingface_hub.snapshot_download(known.repo_id, revision=known.revision or None,
+                                                      ignore_patterns=list(known.skip_patterns) or None)
         shutil.copytree(snapshot, target, copy_function=_link_or_copy, dirs_exist_ok=True)
     else:  # saved under our file name, whatever its name in the repository
         cached = huggingface_hub.hf_hub_download(known.repo_id, known.repo_path or known.filename)

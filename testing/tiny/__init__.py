@@ -15,6 +15,9 @@ TINY_SD21_NAME = "tiny-sd21"
 TINY_SDXL_NAME = "tiny-sdxl"
 TINY_SDXL_UNET_FILE = "tiny_sdxl_unet.safetensors"
 TINY_CLIP_VISION_FILE = "tiny_clip_vision.safetensors"
+# Tiny depth and normal estimators, under models/diffbody/priors/.
+TINY_DEPTH_NAME = "tiny-depth-anything"
+TINY_NORMALS_NAME = "tiny-marigold-normals"
 
 
 def build_models_dir(models_dir: str, *, seed: int = 0) -> dict[str, str]:
@@ -24,6 +27,7 @@ def build_models_dir(models_dir: str, *, seed: int = 0) -> dict[str, str]:
     from .dwpose import write_tiny_dwpose
     from .llava import write_tiny_llava
     from .openpose import write_tiny_openpose
+    from .priors import write_tiny_depth_anything, write_tiny_marigold_normals
     from .sd21_components import write_tiny_sd21_components
     from .stage1 import write_tiny_sd21_diffusers, write_tiny_stage1
     from .stage2 import write_tiny_clip_vision, write_tiny_ip_adapter_plus_xl, write_tiny_multiprior, write_tiny_sdxl
@@ -68,4 +72,7 @@ def build_models_dir(models_dir: str, *, seed: int = 0) -> dict[str, str]:
         written[name] = writer(place(folder, name), seed=seed)
     clip = write_tiny_clip_vision(single_file=place("clip_vision", TINY_CLIP_VISION_FILE), seed=seed)
     written[TINY_CLIP_VISION_FILE] = clip["single_file"]
+
+    written[TINY_DEPTH_NAME] = write_tiny_depth_anything(place("diffbody_priors", TINY_DEPTH_NAME), seed=seed)
+    written[TINY_NORMALS_NAME] = write_tiny_marigold_normals(place("diffbody_priors", TINY_NORMALS_NAME), seed=seed)
     return written

@@ -1,0 +1,109 @@
+"""Marigold surface normals (`prs-eth/marigold-normals-v1-1`) through diffusers' MarigoldNormalsPipeline.
+
+The folder is a diffusers pipeline folder: `model_index.json` (`_class_name` "MarigoldNormalsPipeline",
+with `default_denoising_steps` and `default_processing_resolution`), `unet/` (an SD 2-size UNet with 8
+input channels: image latent + noisy normals latent), `vae/`, `text_encoder/`, `tokenizer/`,
+`scheduler/`. Loaded locally, safetensors only.
+
+What `MarigoldNormals.predict` returns is Marigold's own output: unit vectors in [-1, 1] in the camera
+frame with X to the right, Y up and Z towards the viewer. Turning that into the pack's normal-map
+colours (see pipelines/depth_normal.py) is the caller's job.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+from typing import Callable
+
+import torch
+
+from .files import MissingModelFile, WrongModelFile, missing_message
+
+FOLDER = "diffbody_priors"
+PIPELINE_CLASS = "MarigoldNormalsPipeline"
+COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+WEIGHTED_COMPONENTS = ("unet", "vae", "text_encoder")
+NORMAL_MODEL_NAMES = ("marigold-normals-v1-1",)
+
+
+class MarigoldNormals:
+    """A loaded MarigoldNormalsPipeline as one movable object."""
+
+    def __init__(self, pipeline):
+        self.pipeline = pipeline
+        pipeline.set_progress_bar_config(disable=True)  # progress is reported per image by the caller
+
+    @classmethod
+    def load(cls, model_dir: str, *, device="cpu", dtype: torch.dtype | None = None) -> "MarigoldNormals":
+        """Load a local folder (checked first: see `check_normals_folder`) on `device`; dtype None: float32."""
+        from diffusers import MarigoldNormalsPipeline
+
+        check_normals_folder(model_dir)
+        pipeline = MarigoldNormalsPipeline.from_pretrained(model_dir, local_files_only=True, use_safetensors=True,
+                                                           torch_dtype=dtype or torch.float32)
+        return cls(pipeline.to(device))
+
+    @property
+    def device(self) -> torch.device:
+        return self.pipeline.unet.device
+
+    @property
+    def default_steps(self) -> int:
+        return int(self.pipeline.default_denoising_steps or 4)
+
+    def to(self, device) -> "MarigoldNormals":
+        self.pipeline.to(device)
+        return self
+
+    def size_bytes(self) -> int:
+        modules = (self.pipeline.unet, self.pipeline.vae, self.pipeline.text_encoder)
+        return sum(t.numel() * t.element_size() for m in modules for t in list(m.parameters()) + list(m.buffers()))
+
+    @torch.inference_mode()
+    def predict(self, images: torch.Tensor, *, steps: int | None = None, seed: int = 0,
+                progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
+        """(B,3,H,W) float RGB in 0..1 -> (B,3,H,W) float32 unit normals (X right, Y up, Z to the viewer)
+        on the input's device. One image at a time, each with its own seeded noise (seed + index), so
+        a result does not depend on the batch; `progress(done, total)` after each image."""
+        results = []
+        for index, image in enumerate(images):
+            generator = torch.Generator("cpu").manual_seed(seed + index)  # same noise on every device
+            out = self.pipeline(image.unsqueeze(0).float().clamp(0, 1), num_inference_steps=steps or self.default_steps,
+                                ensemble_size=1, match_input_resolution=True, generator=generator,
+                                output_type="pt")
+            results.append(out.prediction.float().to(images.device))
+            if progress is not None:
+                progress(index + 1, len(images))
+        return torch.cat(results)
+
+
+def check_normals_folder(model_dir: str) -> None:
+    """Raise MissingModelFile / WrongModelFile unless `model_dir` is a complete Marigold normals folder."""
+    name = os.path.basename(os.path.normpath(model_dir))
+    if not os.path.isdir(model_dir):
+        raise MissingModelFile(missing_message(name, FOLDER, [os.path.dirname(os.path.abspath(model_dir))]))
+    index = _read_json(os.path.join(model_dir, "model_index.json"))
+    if index is None or index.get("_class_name") != PIPELINE_CLASS:
+        found = "no readable model_index.json" if index is None else f"_class_name {index.get('_class_name')!r}"
+        raise WrongModelFile(
+            f"DiffBody: '{model_dir}' is not a Marigold normals folder: expected a diffusers model_index.json "
+            f"with _class_name \"{PIPELINE_CLASS}\" (prs-eth/marigold-normals-v1-1), found {found}.")
+    absent = [c for c in COMPONENTS if not os.path.isdir(os.path.join(model_dir, c))]
+    unweighted = [c for c in WEIGHTED_COMPONENTS if c not in absent
+                  and not glob.glob(os.path.join(model_dir, c, "*.safetensors"))]
+    if absent or unweighted:
+        problems = [f"missing {', '.join(absent)}"] if absent else []
+        problems += [f"no .safetensors weights in {', '.join(unweighted)}"] if unweighted else []
+        raise MissingModelFile(f"DiffBody: the Marigold folder '{model_dir}' is incomplete ({'; '.join(problems)}). "
+                               "Download the whole folder from https://huggingface.co/prs-eth/marigold-normals-v1-1.")
+
+
+def _read_json(path: str) -> dict | None:
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
