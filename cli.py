@@ -2,8 +2,9 @@
 
 Runs the whole DiffBody pipeline without ComfyUI (pipelines/restore.py: stage 0 -> stage 1 ->
 re-caption -> stage 2) on one image or a folder, finding model files in a ComfyUI models folder (or
-`--models-dir`); `--stage0-only` stops after stage 0. `--tiny` runs everything on generated tiny random
-weights: a plumbing check, not a restoration.
+`--models-dir`); `--stage0-only` stops after stage 0. `--mode public` needs no DiffBody weights: stage 0 ->
+depth/normal estimators -> stage 2 with ControlNet-Union SDXL and IP-Adapter Plus XL. `--tiny` runs
+everything on generated tiny random weights: a plumbing check, not a restoration.
 """
 
 from __future__ import annotations
@@ -34,11 +35,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m comfyui_diffbody", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     restore = commands.add_parser("restore", help="restore photos of people",
-                                  description="Restore photos of people with DiffBody (stage 0, 1 and 2).")
+                                  description="Restore photos of people with DiffBody (stage 0, 1 and 2; or, with "
+                                              "--mode public, from public weights only).")
     restore.add_argument("inputs", nargs="+", type=Path, help="image files or folders of images")
     restore.add_argument("--out", type=Path, default=Path("diffbody-output"), help="output folder")
     restore.add_argument("--models-dir", type=Path, default=None,
                          help=f"a ComfyUI-style models folder (default: {default_models_dir()})")
+    restore.add_argument("--mode", default="diffbody", choices=["diffbody", "public"],
+                         help="diffbody: stages 0, 1 and 2 with DiffBody's weights (the paper's); public: no DiffBody "
+                              "weights - depth/normal estimators instead of stage 1, ControlNet-Union SDXL and "
+                              "IP-Adapter Plus XL in stage 2 (an approximation from public parts)")
     restore.add_argument("--tiny", action="store_true",
                          help="plumbing check: generate tiny random weights and run on them (output is noise); "
                               f"steps default to {TINY_STEPS} per stage")
@@ -47,8 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     restore.add_argument("--stage0-only", action="store_true",
                          help="run only stage 0 (SwinIR cleanup, pose, caption)")
     restore.add_argument("--save-priors", action="store_true",
-                         help="also write the intermediate results: *_ir, *_pose, *_stage1 (I_res), *_depth, "
-                              "*_normal, *_caption.txt")
+                         help="also write the intermediate results: *_ir, *_pose, *_stage1 (I_res; not in public "
+                              "mode), *_depth, *_normal, *_caption.txt")
     restore.add_argument("--upscale", type=float, default=1.0, help="super-resolution factor before cleanup")
     restore.add_argument("--tile-size", type=int, default=512)
     restore.add_argument("--tile-stride", type=int, default=256)
@@ -58,6 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
     restore.add_argument("--no-recaption", action="store_true",
                          help="keep stage 0's caption for stage 2 instead of re-captioning I_res (the paper's)")
     restore.add_argument("--caption-model", default="llava-1.5-7b-hf", help="LLaVA folder in LLM/")
+    restore.add_argument("--depth-model", default=None,
+                         help="public mode: depth estimator folder in diffbody/priors/ (default: Depth Anything V2 "
+                              "Large, as the estimator node; Depth-Anything-V2-Small-hf is the Apache-2.0 one)")
+    restore.add_argument("--normal-source", default=None,
+                         help="public mode: a Marigold normals folder in diffbody/priors/ (e.g. marigold-normals-v1-1)"
+                              ", or 'from depth' (default): normals from the depth map's slopes")
     restore.add_argument("--negative-prompt", default="", help="negative prompt for both diffusion stages")
     # Names are checked against the pipelines' lists after parsing (importing them here would load torch
     # for --help).
@@ -97,6 +109,7 @@ def collect_images(inputs: list[Path]) -> list[Path]:
 
 
 # Model files of the diffusion stages: role -> (real name, name written by the tiny factory, folder).
+# The tiny factory writes the others under their real names.
 DIFFUSION_FILES = {
     "sd21": ("stable-diffusion-2-1-base", "tiny-sd21", "diffusers"),
     "stage1_unet": ("diffbody_stage1_unet.safetensors", None, "diffbody"),
@@ -106,12 +119,40 @@ DIFFUSION_FILES = {
     "colour_adapter": ("diffbody_colour_adapter.safetensors", None, "ipadapter"),
     "clip_vision": ("CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors", "tiny_clip_vision.safetensors", "clip_vision"),
 }
+# --mode public: every file has a public source (the depth/normal estimators are added from the options).
+PUBLIC_FILES = {
+    "sdxl": DIFFUSION_FILES["sdxl"],
+    "union_controlnet": ("controlnet-union-sdxl-1.0.safetensors", None, "controlnet"),
+    "colour_adapter": ("ip-adapter-plus_sdxl_vit-h.safetensors", None, "ipadapter"),
+    "clip_vision": DIFFUSION_FILES["clip_vision"],
+}
+
+
 def diffusion_files(args) -> dict[str, tuple[str, str]]:
-    """role -> (file name, folder) of the stage-1 and stage-2 files; the tiny factory's names with --tiny."""
+    """role -> (file name, folder) of the files after stage 0; the tiny factory's names with --tiny."""
     if args.stage0_only:
         return {}
-    return {role: ((tiny if args.tiny and tiny else real), folder)
-            for role, (real, tiny, folder) in DIFFUSION_FILES.items()}
+    table = dict(DIFFUSION_FILES)
+    if args.mode == "public":
+        from .testing.tiny import TINY_DEPTH_NAME, TINY_NORMALS_NAME
+
+        table = dict(PUBLIC_FILES, depth_model=(depth_model_name(args), TINY_DEPTH_NAME, "diffbody_priors"))
+        if normal_model_name(args) is not None:
+            table["normal_model"] = (normal_model_name(args), TINY_NORMALS_NAME, "diffbody_priors")
+    return {role: ((tiny if args.tiny and tiny else real), folder) for role, (real, tiny, folder) in table.items()}
+
+
+def depth_model_name(args) -> str:
+    from .models.depth_estimator import DEFAULT_DEPTH_MODEL
+
+    return args.depth_model or DEFAULT_DEPTH_MODEL
+
+
+def normal_model_name(args) -> str | None:
+    """The Marigold folder, or None for normals from the depth."""
+    from .pipelines.depth_normal import FROM_DEPTH
+
+    return None if args.normal_source in (None, FROM_DEPTH) else args.normal_source
 
 
 def required_files(args) -> list[tuple[str, str]]:
@@ -185,15 +226,17 @@ def model_paths(args, paths: dict[str, str]):
     from .pipelines.restore import ModelPaths
 
     diffusion = {role: paths[name] for role, (name, _) in diffusion_files(args).items()}
-    clip_config = None
-    if args.tiny and not args.stage0_only:
+    tiny_configs = {}
+    if args.tiny and not args.stage0_only:  # the tiny files are not ViT-H-14's and SDXL's shapes
         from .testing.tiny.stage2 import tiny_clip_vision_kwargs
+        from .testing.tiny.union import tiny_union_config
 
-        clip_config = tiny_clip_vision_kwargs()  # the tiny file is not ViT-H-14's shape
+        tiny_configs["clip_vision_config"] = tiny_clip_vision_kwargs()
+        if args.mode == "public":
+            tiny_configs["union_config"] = tiny_union_config()
     return ModelPaths(swinir=paths[args.swinir], pose_backend=args.pose_backend,
                       pose_files={role: paths[name] for role, name in MODEL_FILES[args.pose_backend].items() if name},
-                      llava=None if args.no_caption else paths[args.caption_model], clip_vision_config=clip_config,
-                      **diffusion)
+                      llava=None if args.no_caption else paths[args.caption_model], **tiny_configs, **diffusion)
 
 
 def restore_options(args, device):
@@ -205,7 +248,7 @@ def restore_options(args, device):
         return TINY_STEPS if given is None and args.tiny else given
 
     return RestoreOptions(
-        stage0=Stage0Options(upscale=args.upscale, tile_size=args.tile_size, tile_stride=args.tile_stride,
+        mode=args.mode, stage0=Stage0Options(upscale=args.upscale, tile_size=args.tile_size, tile_stride=args.tile_stride,
                              seed=args.seed),
         stage0_only=args.stage0_only, recaption=not args.no_recaption, size_mode=args.size_mode,
         stage1_scheduler=args.stage1_scheduler, stage1_steps=steps(args.stage1_steps),
@@ -235,7 +278,8 @@ def save_results(result, stem: Path, save_priors: bool, stage0_only: bool) -> No
         Path(f"{stem}_caption.txt").write_text(result.caption + "\n")
     if stage0_only:
         return
-    save(result.stage1, "stage1")
+    if result.stage1 is not None:  # no stage 1 in the public-weights mode
+        save(result.stage1, "stage1")
     save(result.depth, "depth")
     save(result.normal, "normal")
     if result.recaption:
@@ -275,10 +319,13 @@ def summary(args, count: int) -> str:
         return (f"Wrote stage-0 results{label} for {count} image(s) to {args.out}: *_ir.png (SwinIR cleanup), "
                 "*_pose.png and *_pose.json (pose), *_caption.txt (caption).")
     written = "*_restored.png"
-    if args.save_priors:
+    if args.save_priors and args.mode == "public":
+        written += ", priors *_ir.png, *_pose.png/.json, *_depth.png, *_normal.png (estimated) and *_caption.txt"
+    elif args.save_priors:
         written += (", priors *_ir.png, *_pose.png/.json, *_stage1.png (I_res), *_depth.png, *_normal.png, "
                     "*_caption.txt and *_recaption.txt")
-    return f"Wrote DiffBody results{label} for {count} image(s) to {args.out}: {written}."
+    mode = " (public-weights mode)" if args.mode == "public" else ""
+    return f"Wrote DiffBody results{mode}{label} for {count} image(s) to {args.out}: {written}."
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,6 +7,7 @@ other ControlNet keeps working.
 
 from __future__ import annotations
 
+from ..models.union_controlnet import UNION_TYPES
 from . import glue
 
 CATEGORY = "DiffBody/Stage 2"
@@ -16,9 +17,6 @@ PRIOR_INPUTS = (("image", "I_ir, the cleaned image from 'DiffBody SwinIR Cleanup
                 ("depth", "I_depth, from 'DiffBody Stage 1 Sampler' (or a depth estimator)."),
                 ("normal", "I_normal, from 'DiffBody Stage 1 Sampler' (or a normal estimator)."))
 PAPER_STRENGTHS = {"image": 1.0, "pose": 1.0, "depth": 1.0, "normal": 1.0}
-# ControlNet-Union SDXL's control types (ComfyUI's numbering) for DiffBody's priors, for the
-# public-weights mode: the cleaned image steers as "tile".
-UNION_TYPES = {"image": 6, "pose": 0, "depth": 1, "normal": 4}
 
 
 class MultiPriorControlNetLoader:

@@ -1,9 +1,14 @@
 """The whole DiffBody pipeline without ComfyUI, for the command line: stage 0 -> stage 1 -> re-caption ->
-stage 2 (paper section 3).
+stage 2 (paper section 3), or, in the public-weights mode, stage 0 -> depth/normal estimators -> stage 2.
 
 I_ir = SwinIR(I_LQ); I_pose = Pose(I_ir); p = LLaVA(I_ir); stage 1 gives I_res, I_depth, I_normal from
 I_ir, I_pose and p; p' = LLaVA(I_res) (the paper re-captions the stage-1 result); stage 2 restores from the
 priors I_ir, I_pose, I_depth, I_normal (strengths a1..a4), the colour adapter on I_res and p'.
+
+Public-weights mode (mode "public", no DiffBody weights): I_depth and I_normal come from public estimators
+run on I_ir (pipelines/depth_normal.py); stage 2 is SDXL with ControlNet-Union SDXL (each prior as its
+union control type, pipelines/stage2.py UnionPriorControl) and IP-Adapter Plus XL fed CLIP(I_ir), as
+there is no I_res; the prompt is p. An approximation of DiffBody from public parts, not the paper's model.
 
 The work runs stage by stage over all images, loading each stage's networks when it starts and
 releasing them when it ends: SDXL, SD 2.1, LLaVA and CLIP ViT-H do not fit a small card together. LLaVA
@@ -25,6 +30,8 @@ from ..models.multiprior_controlnet import PRIORS
 from .buckets import plan_resize
 from .stage0 import Stage0Options, run_stage0
 
+MODES = ("diffbody", "public")
+
 
 @dataclass(frozen=True)
 class ModelPaths:
@@ -39,13 +46,19 @@ class ModelPaths:
     stage1_controlnet: str | None = None
     sdxl: str | None = None  # diffusers SDXL base folder
     stage2_controlnet: str | None = None
-    colour_adapter: str | None = None
+    colour_adapter: str | None = None  # public mode: ip-adapter-plus_sdxl_vit-h.safetensors
     clip_vision: str | None = None
     clip_vision_config: dict | None = None  # CLIPVisionConfig arguments of a single file (None: ViT-H-14)
+    # public-weights mode
+    union_controlnet: str | None = None  # ControlNet-Union SDXL (xinsir's ProMax single file)
+    union_config: dict | None = None  # ControlNetUnionModel arguments (None: SDXL's)
+    depth_model: str | None = None  # depth estimator folder
+    normal_model: str | None = None  # Marigold normals folder; None: normals from the depth
 
 
 @dataclass(frozen=True)
 class RestoreOptions:
+    mode: str = "diffbody"  # one of MODES
     stage0: Stage0Options = field(default_factory=Stage0Options)
     stage0_only: bool = False
     recaption: bool = True  # p' = LLaVA(I_res) before stage 2 (only when captioning)
@@ -72,7 +85,7 @@ class RestoreResult:
     pose_image: torch.Tensor  # I_pose
     keypoints: dict
     caption: str = ""  # p
-    stage1: torch.Tensor | None = None  # I_res
+    stage1: torch.Tensor | None = None  # I_res (None in the public-weights mode)
     depth: torch.Tensor | None = None
     normal: torch.Tensor | None = None
     recaption: str = ""  # p' (empty without captioning or re-captioning)
@@ -92,15 +105,24 @@ def tqdm_progress(description: str, total: int, unit: str) -> ContextManager:
 def restore_images(images: list[torch.Tensor], models: ModelPaths, options: RestoreOptions,
                    progress: Progress = tqdm_progress) -> list[RestoreResult]:
     """Degraded images, each (1, 3, H, W) float in 0..1 (sizes may differ) -> one RestoreResult each."""
+    if options.mode not in MODES:
+        raise ValueError(f"unknown mode {options.mode!r}; choose one of {', '.join(MODES)}")
+    public = options.mode == "public"
     captioner = _load_captioner(models, options)
-    results = _run_stage0(images, models, captioner, options, progress)
+    recaption = captioner is not None and options.recaption and not public
+    results = _run_stage0(images, models, captioner, options, progress, keep_captioner=recaption)
     if options.stage0_only:
         return results
-    _run_stage1(results, models, options, progress)
-    if captioner is not None and options.recaption:
-        _recaption(results, captioner, options, progress)
-    del captioner
-    _release()
+    if public:
+        del captioner
+        _release()
+        _estimate_depth_normal(results, models, options, progress)
+    else:
+        _run_stage1(results, models, options, progress)
+        if recaption:
+            _recaption(results, captioner, options, progress)
+        del captioner
+        _release()
     _run_stage2(results, models, options, progress)
     return results
 
@@ -115,7 +137,8 @@ def _load_captioner(models: ModelPaths, options: RestoreOptions):
     return LlavaCaptioner.load(models.llava, device=options.device)
 
 
-def _run_stage0(images, models: ModelPaths, captioner, options: RestoreOptions, progress) -> list[RestoreResult]:
+def _run_stage0(images, models: ModelPaths, captioner, options: RestoreOptions, progress, *,
+                keep_captioner: bool) -> list[RestoreResult]:
     from ..models.swinir import load_swinir
     from .pose.backends import make_estimator
 
@@ -129,7 +152,7 @@ def _run_stage0(images, models: ModelPaths, captioner, options: RestoreOptions, 
             results.append(RestoreResult(out.cleaned[0], out.pose_images[0], out.keypoints[0],
                                          out.captions[0] if out.captions else ""))
             bar.update(1)
-    if captioner is not None and not options.stage0_only:
+    if keep_captioner and not options.stage0_only:
         captioner.to("cpu")  # back for the re-caption; its device memory goes to stage 1 meanwhile
     del swinir, estimator
     _release()
@@ -160,6 +183,22 @@ def _run_stage1(results: list[RestoreResult], models: ModelPaths, options: Resto
     _release()
 
 
+def _estimate_depth_normal(results: list[RestoreResult], models: ModelPaths, options: RestoreOptions,
+                           progress) -> None:
+    """Public-weights mode: I_depth and I_normal from the public estimators, on I_ir."""
+    from .depth_normal import load_depth_normal_estimator
+
+    estimator = load_depth_normal_estimator(models.depth_model, models.normal_model, device=options.device,
+                                            dtype=options.dtype, seed=options.seed)
+    with progress("depth and normal priors", len(results), "image") as bar:
+        for result in results:
+            depth, normal = estimator.estimate(result.cleaned[None])
+            result.depth, result.normal = depth[0], normal[0]
+            bar.update(1)
+    del estimator
+    _release()
+
+
 def _recaption(results: list[RestoreResult], captioner, options: RestoreOptions, progress) -> None:
     captioner.to(options.device)
     s0 = options.stage0
@@ -187,13 +226,21 @@ def _run_stage2(results: list[RestoreResult], models: ModelPaths, options: Resto
 
 def _load_stage2(models: ModelPaths, options: RestoreOptions):
     from ..models.colour_adapter import load_colour_adapter
-    from ..models.stage2_weights import load_multiprior
     from .stage2 import Stage2Pipeline, load_clip_vision, load_sdxl_parts
 
     device, dtype = options.device, options.dtype
     # SDXL's original VAE overflows in fp16: it stays float32 (load_sdxl_parts' default).
     unet, vae, text_encoders = load_sdxl_parts(models.sdxl, device=device, dtype=dtype)
-    controlnet = load_multiprior(models.stage2_controlnet, dtype=dtype).to(device)
+    if options.mode == "public":
+        from ..models.union_controlnet import load_union_controlnet
+        from .stage2 import UnionPriorControl
+
+        controlnet = UnionPriorControl(load_union_controlnet(models.union_controlnet, device=device, dtype=dtype,
+                                                             config=models.union_config))
+    else:
+        from ..models.stage2_weights import load_multiprior
+
+        controlnet = load_multiprior(models.stage2_controlnet, dtype=dtype).to(device)
     adapter = load_colour_adapter(models.colour_adapter, unet.config, dtype=dtype).to(device)
     image_encoder = load_clip_vision(models.clip_vision, device=device, dtype=dtype, config=models.clip_vision_config)
     return Stage2Pipeline(unet, vae, text_encoders, controlnet, adapter, image_encoder)
@@ -210,12 +257,14 @@ def _stage2_settings(result: RestoreResult, strengths: dict[str, float], options
 
 def _restore_one(pipeline, result: RestoreResult, settings, options: RestoreOptions, progress) -> torch.Tensor:
     """Stage 2 on one image's bucket canvas (SDXL needs sizes it can halve; priors padded as in stage 1:
-    photos and maps by their edges, the skeleton with black), cropped and resized back to I_ir's size."""
+    photos and maps by their edges, the skeleton with black), cropped and resized back to I_ir's size. The
+    colour adapter sees I_res, or I_ir in the public-weights mode (no stage 1)."""
     plan = plan_resize(*result.cleaned.shape[-2:], mode=options.size_mode)
     fills = {"image": "edge", "pose": "black", "depth": "edge", "normal": "edge"}
     images = {"image": result.cleaned, "pose": result.pose_image, "depth": result.depth, "normal": result.normal}
     priors = {name: plan.to_canvas(images[name][None], fill=fills[name]) for name in PRIORS}
-    restored = plan.to_canvas(result.stage1[None], fill="edge")
+    colour_source = result.cleaned if options.mode == "public" else result.stage1
+    restored = plan.to_canvas(colour_source[None], fill="edge")
     out = pipeline(priors, restored, settings, progress=progress)
     return plan.from_canvas(out)[0]
 

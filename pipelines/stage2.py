@@ -21,6 +21,10 @@ Conventions (the same as stage 1's sampler):
 - Exactness: with every strength 0 (or control scale 0, or outside its range) the ControlNet is not
   run and nothing is added to the UNet; with adapter weight 0 (or outside its range) the attention
   processors call the UNet's own processors. The result is then bit-for-bit the plain SDXL one.
+
+Public-weights mode: the same pipeline with a UnionPriorControl (ControlNet-Union SDXL, each prior as its
+union control type) in place of the multi-prior ControlNet, and IP-Adapter Plus XL as the colour adapter
+(fed I_ir, as there is no stage-1 I_res).
 """
 
 from __future__ import annotations
@@ -256,6 +260,77 @@ def clip_pixels(images: torch.Tensor, size: int) -> torch.Tensor:
     return (images - mean) / std
 
 
+# -- public-weights mode: ControlNet-Union SDXL as the prior control -------------------------------------
+
+Residuals = tuple[list[torch.Tensor], torch.Tensor]
+
+
+class UnionPriorControl:
+    """ControlNet-Union SDXL (a diffusers ControlNetUnionModel) standing in for the multi-prior ControlNet:
+    each prior with a_i != 0 is one single-type pass with its union control type (models.union_controlnet:
+    I_ir as tile, I_pose as openpose, depth, normal), its residuals scaled by a_i * control scale, and the
+    passes' residuals summed. That is what the ComfyUI node chains (nodes/stage2.py union_priors_control).
+
+    Passes run one image at a time: the union's condition transformer is a sequence-first
+    nn.MultiheadAttention given batch-first tensors (xinsir's code, kept by diffusers), so a batched call
+    attends across the batch (the CFG halves, other images). Image by image it matches ComfyUI's
+    computation, and an image's result does not depend on the rest of its batch."""
+
+    is_active = staticmethod(MultiPriorControlNet.is_active)
+
+    def __init__(self, union_model):
+        self.model = union_model
+
+    @property
+    def num_control_type(self) -> int:
+        return int(self.model.config.num_control_type)
+
+    def prepare_priors(self, priors: Mapping[str, torch.Tensor | None], strengths: Mapping[str, float],
+                       repeats: int = 1) -> dict[str, torch.Tensor]:
+        """The active priors' images (a_i != 0), each (B,3,H,W) 0..1 repeated `repeats` times along the
+        batch (CFG), in the union's dtype and device."""
+        from ..models.union_controlnet import UNION_TYPES, check_union_types
+
+        unknown = sorted(set(strengths) - set(UNION_TYPES))
+        if unknown:
+            raise Stage2Error(f"unknown priors {unknown}; ControlNet-Union takes {', '.join(UNION_TYPES)}")
+        active = [name for name in UNION_TYPES if float(strengths.get(name, 0.0)) != 0.0]
+        absent = [name for name in active if priors.get(name) is None]
+        if absent:
+            raise Stage2Error(f"prior strengths are set for {absent} but those priors were not given")
+        check_union_types(self.num_control_type, active)
+        param = next(self.model.parameters())
+        return {name: torch.cat([priors[name]] * repeats).to(param.device, param.dtype) for name in active}
+
+    @torch.no_grad()
+    def __call__(self, sample: torch.Tensor, timestep, context: torch.Tensor, pooled: torch.Tensor,
+                 time_ids: torch.Tensor, images: Mapping[str, torch.Tensor], strengths: Mapping[str, float],
+                 conditioning_scale: float = 1.0) -> Residuals:
+        """Summed residuals for the UNet batch `sample` (N,4,h,w); images from `prepare_priors` (N,3,8h,8w)."""
+        from ..models.union_controlnet import UNION_TYPES
+
+        param = next(self.model.parameters())
+        per_image = []
+        for i in range(sample.shape[0]):
+            one = dict(sample=sample[i:i + 1].to(param.device, param.dtype),
+                       encoder_hidden_states=context[i:i + 1].to(param.device, param.dtype),
+                       added_cond_kwargs={"text_embeds": pooled[i:i + 1].to(param.device, param.dtype),
+                                          "time_ids": time_ids[i:i + 1].to(param.device, param.dtype)})
+            total: Residuals | None = None
+            for name, image in images.items():
+                control_type = torch.zeros(1, self.num_control_type, device=param.device, dtype=param.dtype)
+                control_type[0, UNION_TYPES[name]] = 1.0
+                down, mid = self.model(timestep=timestep, controlnet_cond=[image[i:i + 1]], control_type=control_type,
+                                       control_type_idx=[UNION_TYPES[name]],
+                                       conditioning_scale=float(strengths[name]) * float(conditioning_scale),
+                                       return_dict=False, **one)
+                total = (list(down), mid) if total is None else \
+                    ([a + b for a, b in zip(total[0], down)], total[1] + mid)
+            per_image.append(total)
+        down = [torch.cat([residuals[0][k] for residuals in per_image]) for k in range(len(per_image[0][0]))]
+        return down, torch.cat([residuals[1] for residuals in per_image])
+
+
 # -- sampling -------------------------------------------------------------------------------------------
 
 @dataclass
@@ -287,10 +362,11 @@ class Stage2Pipeline:
 
     unet: diffusers UNet2DConditionModel (SDXL layout); vae: diffusers AutoencoderKL; text_encoders:
     SDXLTextEncoders (or anything with `encode(prompts) -> (context, pooled)`), may be None when prompt
-    embeddings are given; controlnet: MultiPriorControlNet or None; adapter: ColourAdapter or None;
+    embeddings are given; controlnet: MultiPriorControlNet, UnionPriorControl (public-weights mode) or
+    None; adapter: ColourAdapter or None;
     image_encoder: transformers CLIPVisionModelWithProjection (needed with the adapter)."""
 
-    def __init__(self, unet, vae, text_encoders, controlnet: MultiPriorControlNet | None = None,
+    def __init__(self, unet, vae, text_encoders, controlnet: "MultiPriorControlNet | UnionPriorControl | None" = None,
                  adapter: "ColourAdapter | None" = None, image_encoder=None):
         self.unet, self.vae, self.text_encoders = unet, vae, text_encoders
         self.controlnet, self.adapter, self.image_encoder = controlnet, adapter, image_encoder
@@ -332,13 +408,13 @@ class Stage2Pipeline:
         context, pooled = context.to(self.device, self.dtype), pooled.to(self.device, self.dtype)
         time_ids = torch.tensor([[height, width, 0, 0, height, width]], dtype=self.dtype,
                                 device=self.device).repeat(context.shape[0], 1)
-        cond_embedding = self._control_embedding(priors, s, cfg_on) if use_control else None
+        control = self._prior_control(priors, s, cfg_on, context, pooled, time_ids) if use_control else None
         tokens = self._adapter_tokens(restored, cfg_on) if use_adapter else None
-        return self._denoise(s, batch, (height // 8, width // 8), context, pooled, time_ids, cond_embedding,
-                             tokens, progress)
+        return self._denoise(s, batch, (height // 8, width // 8), context, pooled, time_ids, control, tokens,
+                             progress)
 
-    def _denoise(self, s: Stage2Settings, batch, latent_size, context, pooled, time_ids, cond_embedding,
-                 tokens, progress) -> torch.Tensor:
+    def _denoise(self, s: Stage2Settings, batch, latent_size, context, pooled, time_ids, control_fn, tokens,
+                 progress) -> torch.Tensor:
         scheduler = make_scheduler(s.scheduler)
         steps = s.steps or DEFAULT_STEPS[s.scheduler]
         scheduler.set_timesteps(steps, device=self.device)
@@ -346,7 +422,6 @@ class Stage2Pipeline:
         channels = self.unet.config.in_channels
         noise = torch.cat([torch.randn((1, channels, *latent_size), generator=g) for g in generators])
         latents = noise.to(self.device) * scheduler.init_noise_sigma
-        y = MultiPriorControlNet.sdxl_added_vector(pooled, time_ids) if cond_embedding is not None else None
         installed = (colour_adapter_installed(self.unet, self.adapter) if tokens is not None
                      else contextlib.nullcontext())
         with installed as adapter_state:
@@ -354,8 +429,8 @@ class Stage2Pipeline:
                 model_in = torch.cat([latents] * (context.shape[0] // batch))
                 model_in = scheduler.scale_model_input(model_in, t).to(self.dtype)
                 control = None
-                if cond_embedding is not None and active_at(t, s.control_start, s.control_end):
-                    control = self.controlnet(model_in, t, context, y, cond_embedding, s.control_scale)
+                if control_fn is not None and active_at(t, s.control_start, s.control_end):
+                    control = control_fn(model_in, t)
                 if adapter_state is not None:
                     on = active_at(t, s.adapter_start, s.adapter_end)
                     adapter_state.tokens, adapter_state.weight = tokens, (s.adapter_weight if on else 0.0)
@@ -432,9 +507,19 @@ class Stage2Pipeline:
                               f"{self.unet.config.cross_attention_dim}")
         return context, pooled
 
-    def _control_embedding(self, priors, s: Stage2Settings, cfg_on: bool) -> torch.Tensor:
+    def _prior_control(self, priors, s: Stage2Settings, cfg_on: bool, context, pooled, time_ids
+                       ) -> Callable[[torch.Tensor, torch.Tensor], tuple[list[torch.Tensor], torch.Tensor]]:
+        """(UNet batch, t) -> (down residuals, mid residual), bound to this run's priors and prompts. The
+        prior inputs are prepared once; with CFG they are repeated for the unconditional half."""
+        repeats = 2 if cfg_on else 1
+        if isinstance(self.controlnet, UnionPriorControl):
+            images = self.controlnet.prepare_priors(priors, s.strengths, repeats)
+            return lambda sample, t: self.controlnet(sample, t, context, pooled, time_ids, images, s.strengths,
+                                                     s.control_scale)
         embedding = self.controlnet.embed_priors(priors, s.strengths)
-        return torch.cat([embedding, embedding]) if cfg_on else embedding
+        embedding = torch.cat([embedding] * repeats)
+        y = MultiPriorControlNet.sdxl_added_vector(pooled, time_ids)
+        return lambda sample, t: self.controlnet(sample, t, context, y, embedding, s.control_scale)
 
     def _adapter_tokens(self, restored: torch.Tensor, cfg_on: bool) -> torch.Tensor:
         """ip tokens for the UNet batch: [unconditional (zeroed CLIP input), I_res] with CFG."""

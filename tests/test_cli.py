@@ -88,3 +88,39 @@ def test_stage0_only_without_weights_asks_for_the_stage0_files_alone(tmp_path):
     assert "Missing model files (4)" in result.stderr
     for name, _ in DIFFUSION_FILES:
         assert name not in result.stderr
+
+
+PUBLIC_FILES = [("stable-diffusion-xl-base-1.0", "diffusers"), ("controlnet-union-sdxl-1.0.safetensors", "controlnet"),
+                ("ip-adapter-plus_sdxl_vit-h.safetensors", "ipadapter"),
+                ("CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors", "clip_vision"),
+                ("Depth-Anything-V2-Small-hf", "diffbody/priors"), ("marigold-normals-v1-1", "diffbody/priors")]
+
+
+def test_public_mode_on_tiny_weights_restores_from_estimated_priors(tmp_path):
+    result = run_cli(SAMPLE, "--tiny", "--mode", "public", "--normal-source", "marigold-normals-v1-1", "--upscale", "2",
+                     "--size-mode", "native", "--save-priors", "--out", tmp_path / "out", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "public-weights mode" in result.stdout and "plumbing" in result.stdout
+    out = tmp_path / "out"
+    width, height = Image.open(SAMPLE).size
+    for suffix in ("restored", "ir", "pose", "depth", "normal"):
+        assert Image.open(out / f"sample_person_lq_{suffix}.png").size == (2 * width, 2 * height), suffix
+    assert (out / "sample_person_lq_caption.txt").read_text().strip()
+    assert not (out / "sample_person_lq_stage1.png").exists()  # no stage 1, no re-caption
+    assert not (out / "sample_person_lq_recaption.txt").exists()
+    assert "depth and normal priors" in result.stderr and "stage 2" in result.stderr
+    assert "stage 1" not in result.stderr
+
+
+def test_public_mode_without_weights_lists_only_public_files(tmp_path):
+    models = tmp_path / "models"
+    result = run_cli(SAMPLE, "--mode", "public", "--depth-model", "Depth-Anything-V2-Small-hf", "--normal-source",
+                     "marigold-normals-v1-1", "--models-dir", models, "--out", tmp_path / "out", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "Missing model files (10)" in result.stderr
+    for name, folder in STAGE0_FILES + PUBLIC_FILES:
+        assert f"'{name}'" in result.stderr and str(models / folder) in result.stderr, name
+    assert "xinsir/controlnet-union-sdxl-1.0/resolve/main/diffusion_pytorch_model_promax.safetensors" in result.stderr
+    assert "diffbody_" not in result.stderr and "No DiffBody weights are public" not in result.stderr
+    assert result.stderr.count("Download ") == 10  # every file has a public source
+    assert not (tmp_path / "out").exists()

@@ -32,6 +32,7 @@ def build_models_dir(models_dir: str, *, seed: int = 0) -> dict[str, str]:
     from .stage1 import write_tiny_sd21_diffusers, write_tiny_stage1
     from .stage2 import write_tiny_clip_vision, write_tiny_ip_adapter_plus_xl, write_tiny_multiprior, write_tiny_sdxl
     from .swinir import write_tiny_swinir
+    from .union import write_tiny_union_controlnet
 
     def place(folder: str, name: str) -> str:
         directory = os.path.join(models_dir, FOLDERS[folder].relative_dir)
@@ -72,6 +73,9 @@ def build_models_dir(models_dir: str, *, seed: int = 0) -> dict[str, str]:
         written[name] = writer(place(folder, name), seed=seed)
     clip = write_tiny_clip_vision(single_file=place("clip_vision", TINY_CLIP_VISION_FILE), seed=seed)
     written[TINY_CLIP_VISION_FILE] = clip["single_file"]
+    # Public-weights mode: ControlNet-Union SDXL (xinsir's ProMax layout) under the catalogue's name.
+    union = place("controlnet", "controlnet-union-sdxl-1.0.safetensors")
+    written["controlnet-union-sdxl-1.0.safetensors"] = write_tiny_union_controlnet(union, seed=seed)
 
     written[TINY_DEPTH_NAME] = write_tiny_depth_anything(place("diffbody_priors", TINY_DEPTH_NAME), seed=seed)
     written[TINY_NORMALS_NAME] = write_tiny_marigold_normals(place("diffbody_priors", TINY_NORMALS_NAME), seed=seed)
