@@ -194,7 +194,11 @@ with torch.no_grad():
     images = ours.prepare_priors({name: p.movedim(-1, 1) for name, p in priors.items()}, STRENGTHS, repeats=2)
     down, mid = ours(sampling.calculate_input(sigma, x), sampling.timestep(sigma)[0], context, pooled, time_ids,
                      images, STRENGTHS, SCALE)
-out = {"counts": [len(native["output"]), len(down), len(native["middle"])],
+from comfy.cldm.control_types import UNION_CONTROLNET_TYPES
+from comfyui_diffbody.models.union_controlnet import UNION_TYPES
+type_names = {number: name for name, number in UNION_CONTROLNET_TYPES.items()}
+out = {"types": {prior: type_names[number] for prior, number in UNION_TYPES.items()},
+       "counts": [len(native["output"]), len(down), len(native["middle"])],
        "down": max(float((a - b).abs().max()) for a, b in zip(native["output"], down)),
        "mid": float((native["middle"][0] - mid).abs().max()), "effect": float(mid.abs().mean())}
 print("RESULT " + json.dumps(out))
@@ -215,6 +219,10 @@ def cross_host(tmp_path_factory):
     result = json.loads(lines[-1][len("RESULT "):])
     print("measured:", json.dumps(result))
     return result
+
+
+def test_priors_map_to_comfyuis_union_type_names(cross_host):
+    assert cross_host["types"] == {"image": "tile", "pose": "openpose", "depth": "depth", "normal": "normal"}
 
 
 def test_residuals_equal_comfyuis_union_chained_by_the_node(cross_host):
