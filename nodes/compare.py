@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from . import glue
 
-CATEGORY = "DiffBody"
+CATEGORY = "DiffBody/Compare"
 
 
 def _match_size(before, after):
@@ -44,10 +44,9 @@ class BeforeAfter:
         before = _match_size(before, after).expand(after.shape[0], -1, -1, -1)
         before_files = glue.save_temp_images(before, "diffbody_before")
         after_files = glue.save_temp_images(after, "diffbody_after")
-        # "images" (the results) keeps a plain preview where the extension is absent; API clients read
-        # both lists from the history.
-        return {"ui": {"diffbody_compare": [{"before": b, "after": a} for b, a in zip(before_files, after_files)],
-                       "images": after_files}}
+        # Only our own key: an "images" list would make the frontend draw its stock preview under the
+        # comparison (LiteGraph canvas and Nodes 2.0 alike). API clients read the pairs from the history.
+        return {"ui": {"diffbody_compare": [{"before": b, "after": a} for b, a in zip(before_files, after_files)]}}
 
 
 NODE_CLASS_MAPPINGS = {"DiffBodyBeforeAfter": BeforeAfter}
