@@ -20,6 +20,11 @@ from pathlib import Path
 TINY_STEPS = 2
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 REPO_ROOT = Path(__file__).resolve().parent
+# --mode public's estimators (folders in diffbody/priors/), as in the bundled diffbody_public workflow:
+# Depth Anything V2 Small is Apache-2.0 (Base and Large are sharper but CC-BY-NC-4.0, non-commercial).
+PUBLIC_DEPTH_MODEL = "Depth-Anything-V2-Small-hf"
+PUBLIC_NORMAL_SOURCE = "marigold-normals-v1-1"
+FROM_DEPTH = "from depth"  # pipelines/depth_normal.py's name for normals computed from the depth
 
 
 def default_models_dir() -> Path:
@@ -64,12 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
     restore.add_argument("--no-recaption", action="store_true",
                          help="keep stage 0's caption for stage 2 instead of re-captioning I_res (the paper's)")
     restore.add_argument("--caption-model", default="llava-1.5-7b-hf", help="LLaVA folder in LLM/")
-    restore.add_argument("--depth-model", default=None,
-                         help="public mode: depth estimator folder in diffbody/priors/ (default: Depth Anything V2 "
-                              "Large, as the estimator node; Depth-Anything-V2-Small-hf is the Apache-2.0 one)")
-    restore.add_argument("--normal-source", default=None,
-                         help="public mode: a Marigold normals folder in diffbody/priors/ (e.g. marigold-normals-v1-1)"
-                              ", or 'from depth' (default): normals from the depth map's slopes")
+    restore.add_argument("--depth-model", default=PUBLIC_DEPTH_MODEL,
+                         help="public mode: depth estimator folder in diffbody/priors/ (Depth-Anything-V2-{Small,"
+                              "Base,Large}-hf, dpt-hybrid-midas; Small is the Apache-2.0 one)")
+    restore.add_argument("--normal-source", default=PUBLIC_NORMAL_SOURCE,
+                         help=f"public mode: a Marigold normals folder in diffbody/priors/, or '{FROM_DEPTH}': normals "
+                              "from the depth map's slopes (no extra model, coarser)")
     restore.add_argument("--negative-prompt", default="", help="negative prompt for both diffusion stages")
     # Names are checked against the pipelines' lists after parsing (importing them here would load torch
     # for --help).
@@ -134,25 +139,12 @@ def diffusion_files(args) -> dict[str, tuple[str, str]]:
         return {}
     table = dict(DIFFUSION_FILES)
     if args.mode == "public":
-        from .testing.tiny import TINY_DEPTH_NAME, TINY_NORMALS_NAME
-
-        table = dict(PUBLIC_FILES, depth_model=(depth_model_name(args), TINY_DEPTH_NAME, "diffbody_priors"))
-        if normal_model_name(args) is not None:
-            table["normal_model"] = (normal_model_name(args), TINY_NORMALS_NAME, "diffbody_priors")
+        table = dict(PUBLIC_FILES, depth_model=(args.depth_model, None, "diffbody_priors"))
+        if args.normal_source != FROM_DEPTH:
+            table["normal_model"] = (args.normal_source, None, "diffbody_priors")
     return {role: ((tiny if args.tiny and tiny else real), folder) for role, (real, tiny, folder) in table.items()}
 
 
-def depth_model_name(args) -> str:
-    from .models.depth_estimator import DEFAULT_DEPTH_MODEL
-
-    return args.depth_model or DEFAULT_DEPTH_MODEL
-
-
-def normal_model_name(args) -> str | None:
-    """The Marigold folder, or None for normals from the depth."""
-    from .pipelines.depth_normal import FROM_DEPTH
-
-    return None if args.normal_source in (None, FROM_DEPTH) else args.normal_source
 
 
 def required_files(args) -> list[tuple[str, str]]:

@@ -97,8 +97,8 @@ PUBLIC_FILES = [("stable-diffusion-xl-base-1.0", "diffusers"), ("controlnet-unio
 
 
 def test_public_mode_on_tiny_weights_restores_from_estimated_priors(tmp_path):
-    result = run_cli(SAMPLE, "--tiny", "--mode", "public", "--normal-source", "marigold-normals-v1-1", "--upscale", "2",
-                     "--size-mode", "native", "--save-priors", "--out", tmp_path / "out", cwd=tmp_path)
+    result = run_cli(SAMPLE, "--tiny", "--mode", "public", "--upscale", "2", "--size-mode", "native", "--save-priors",
+                     "--out", tmp_path / "out", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "public-weights mode" in result.stdout and "plumbing" in result.stdout
     out = tmp_path / "out"
@@ -114,8 +114,7 @@ def test_public_mode_on_tiny_weights_restores_from_estimated_priors(tmp_path):
 
 def test_public_mode_without_weights_lists_only_public_files(tmp_path):
     models = tmp_path / "models"
-    result = run_cli(SAMPLE, "--mode", "public", "--depth-model", "Depth-Anything-V2-Small-hf", "--normal-source",
-                     "marigold-normals-v1-1", "--models-dir", models, "--out", tmp_path / "out", cwd=tmp_path)
+    result = run_cli(SAMPLE, "--mode", "public", "--models-dir", models, "--out", tmp_path / "out", cwd=tmp_path)
     assert result.returncode == 2
     assert "Missing model files (10)" in result.stderr
     for name, folder in STAGE0_FILES + PUBLIC_FILES:
@@ -124,3 +123,14 @@ def test_public_mode_without_weights_lists_only_public_files(tmp_path):
     assert "diffbody_" not in result.stderr and "No DiffBody weights are public" not in result.stderr
     assert result.stderr.count("Download ") == 10  # every file has a public source
     assert not (tmp_path / "out").exists()
+
+
+def test_public_mode_with_normals_from_depth_needs_no_normal_model(tmp_path):
+    from comfyui_diffbody import cli
+    from comfyui_diffbody.pipelines.depth_normal import FROM_DEPTH
+
+    assert cli.FROM_DEPTH == FROM_DEPTH
+    result = run_cli(SAMPLE, "--mode", "public", "--normal-source", FROM_DEPTH, "--depth-model",
+                     "Depth-Anything-V2-Large-hf", "--models-dir", tmp_path / "models", cwd=tmp_path)
+    assert result.returncode == 2 and "Missing model files (9)" in result.stderr
+    assert "'Depth-Anything-V2-Large-hf'" in result.stderr and "marigold" not in result.stderr

@@ -8,6 +8,7 @@ out where the nodes look for the real files.
 from __future__ import annotations
 
 import os
+import shutil
 
 # The tiny stand-in for stabilityai/stable-diffusion-2-1-base, under models/diffusers/.
 TINY_SD21_NAME = "tiny-sd21"
@@ -18,6 +19,9 @@ TINY_CLIP_VISION_FILE = "tiny_clip_vision.safetensors"
 # Tiny depth and normal estimators, under models/diffbody/priors/.
 TINY_DEPTH_NAME = "tiny-depth-anything"
 TINY_NORMALS_NAME = "tiny-marigold-normals"
+# ... also written under the estimator folder names of the public-weights mode.
+PUBLIC_DEPTH_NAME = "Depth-Anything-V2-Small-hf"
+PUBLIC_NORMALS_NAME = "marigold-normals-v1-1"
 
 
 def build_models_dir(models_dir: str, *, seed: int = 0) -> dict[str, str]:
@@ -79,4 +83,7 @@ def build_models_dir(models_dir: str, *, seed: int = 0) -> dict[str, str]:
 
     written[TINY_DEPTH_NAME] = write_tiny_depth_anything(place("diffbody_priors", TINY_DEPTH_NAME), seed=seed)
     written[TINY_NORMALS_NAME] = write_tiny_marigold_normals(place("diffbody_priors", TINY_NORMALS_NAME), seed=seed)
+    # The bundled public-weights workflow (and restore --mode public) name these real folders.
+    for real, tiny in ((PUBLIC_DEPTH_NAME, TINY_DEPTH_NAME), (PUBLIC_NORMALS_NAME, TINY_NORMALS_NAME)):
+        written[real] = shutil.copytree(written[tiny], place("diffbody_priors", real))
     return written
