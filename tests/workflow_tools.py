@@ -16,7 +16,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 WORKFLOWS_DIR = REPO_ROOT / "workflows"
 
 # native class_type -> test-only class_type with the same inputs and outputs (filled in as stand-ins exist)
-TEST_SUBSTITUTES: dict[str, str] = {}
+TEST_SUBSTITUTES: dict[str, str] = {
+    "ControlNetLoader": "TestOnlyControlNetLoader",  # comfy_test_nodes/union_stand_in.py
+}
 
 
 def with_test_stand_ins(api_prompt: dict) -> dict:
