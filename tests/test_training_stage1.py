@@ -161,7 +161,8 @@ def test_resume_continues_the_same_loss_curve(phase, tiny_data, tiny_sd21, tiny_
 
 def test_two_process_accelerate_launch_on_cpu(tiny_data, tiny_sd21, tmp_path):
     """`accelerate launch --multi_gpu --num_processes 2` with ACCELERATE_USE_CPU=1: two gloo processes on the
-    CPU, no accelerate config file, bf16 autocast, gradient checkpointing and accumulation."""
+    CPU, no accelerate config file, bf16 autocast (set on the launcher only), gradient checkpointing and
+    accumulation."""
     out = tmp_path / "ddp"
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1",
            "HF_HOME": str(tmp_path / "hf")}  # no accelerate default_config.yaml can leak in
@@ -169,13 +170,13 @@ def test_two_process_accelerate_launch_on_cpu(tiny_data, tiny_sd21, tmp_path):
                "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "bf16", "--dynamo_backend", "no",
                "-m", "comfyui_diffbody.training.train_stage1_unet", "--data_root", tiny_data,
                "--pretrained_sd21", tiny_sd21, "--output_dir", str(out), "--max_steps", "3",
-               "--train_batch_size", "1", "--gradient_accumulation_steps", "2", "--mixed_precision", "bf16",
-               "--gradient_checkpointing", "--log_every", "1", "--checkpointing_steps", "2",
+               "--train_batch_size", "1", "--gradient_accumulation_steps", "2", "--gradient_checkpointing", "--log_every", "1", "--checkpointing_steps", "2",
                "--validation_steps", "3", "--validation_sampler_steps", "2", "--learning_rate", "1e-3"]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     config = json.loads((out / "train_config.json").read_text())
     assert config["num_processes"] == 2
+    assert config["mixed_precision"] == "bf16"  # the launcher's setting, the script's flag left at "no"
     records = [json.loads(line) for line in (out / "logs" / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2, 3] and all(np.isfinite(r["loss"]) for r in records)
     checkpoint = out / "checkpoint-2"
@@ -208,3 +209,24 @@ def test_trained_weights_load_in_comfyui_and_change_the_output(comfy_server, tin
     phase2 = sample("trained_phase1_unet.safetensors", "trained_phase2_controlnet.safetensors")
     assert np.abs(phase1 - untrained).mean() > 2.0, "the phase-1 UNet did not change the output"
     assert np.abs(phase2 - phase1).mean() > 2.0, "the phase-2 ControlNet did not change the output"
+
+
+def test_phase1_starts_from_sd21_humansd_or_a_diffbody_file(tiny_data, tiny_sd21, tmp_path):
+    from comfyui_diffbody.testing.tiny.stage1 import write_tiny_humansd, write_tiny_sd21_checkpoint, write_tiny_stage1
+    from comfyui_diffbody.training.train_stage1_unet import initial_unet
+
+    def init(*flags):
+        return initial_unet(phase1_args(tiny_data, tiny_sd21, tmp_path / "out", *flags))
+
+    folder = init()  # default: the --pretrained_sd21 folder's UNet
+    single = init("--init", write_tiny_sd21_checkpoint(str(tmp_path / "sd21.safetensors")))
+    assert all(torch.equal(v, single.state_dict()[k]) for k, v in folder.state_dict().items())
+    pose_weights = folder.branches["rgb"].conv_in.weight[:, 4:]
+    assert pose_weights.abs().max() == 0  # SD has no pose input: those channels start at zero
+    humansd = init("--init_from", "humansd", "--init", write_tiny_humansd(str(tmp_path / "humansd-v1.ckpt")))
+    assert humansd.branches["depth"].conv_in.weight[:, 4:].abs().max() > 0  # HumanSD's own pose channels
+    unet_file, _ = write_tiny_stage1(str(tmp_path / "u.safetensors"), str(tmp_path / "c.safetensors"))
+    ours = init("--init_from", "diffbody", "--init", unet_file)
+    assert not torch.equal(ours.branches["depth"].conv_out.weight, ours.branches["rgb"].conv_out.weight)
+    with pytest.raises(SystemExit, match="needs --init"):
+        init("--init_from", "humansd")

@@ -77,7 +77,7 @@ class TrainConfig:
     learning_rate: float
     train_batch_size: int
     gradient_accumulation_steps: int = 1
-    mixed_precision: str = "no"  # "no" | "fp16" | "bf16"
+    mixed_precision: str = "no"  # "no" | "fp16" | "bf16" ("no": accelerate launch's setting, if any)
     gradient_checkpointing: bool = False
     checkpointing_steps: int = 500
     validation_steps: int = 500
@@ -107,7 +107,8 @@ class TrainConfig:
 
     @property
     def weight_dtype(self) -> torch.dtype:
-        """The dtype frozen modules are kept in."""
+        """The dtype frozen modules are kept in (unless `accelerate launch --mixed_precision` decides:
+        see make_accelerator)."""
         return {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[self.mixed_precision]
 
 
@@ -229,11 +230,18 @@ def micro_batch_seed(seed: int, micro_batch: int, process_index: int) -> int:
 def make_accelerator(config: TrainConfig) -> "Accelerator":
     """The Accelerator run_training builds when the caller passes none."""
     from accelerate import Accelerator
-    from accelerate.utils import ProjectConfiguration
+    from accelerate.state import AcceleratorState, PartialState
+    from accelerate.utils import DistributedType, ProjectConfiguration
 
+    # accelerate keeps one process-wide state and refuses a second Accelerator with another precision.
+    # Several runs in one process (tests, notebooks) may differ; a single-process state holds nothing to keep.
+    if PartialState._shared_state and PartialState().distributed_type == DistributedType.NO:
+        AcceleratorState._reset_state(reset_partial_state=True)
     project = ProjectConfiguration(project_dir=config.output_dir, logging_dir=os.path.join(config.output_dir, "logs"))
-    return Accelerator(gradient_accumulation_steps=config.gradient_accumulation_steps,
-                       mixed_precision=config.mixed_precision, log_with=config.report_to, project_config=project)
+    # "no" leaves the choice to `accelerate launch --mixed_precision` / `accelerate config`, if either sets one.
+    precision = None if config.mixed_precision == "no" else config.mixed_precision
+    return Accelerator(gradient_accumulation_steps=config.gradient_accumulation_steps, mixed_precision=precision,
+                       log_with=config.report_to, project_config=project)
 
 
 def run_training(
@@ -269,7 +277,8 @@ def run_training(
     from .dataset import BucketBatchSampler
 
     accelerator = accelerator or make_accelerator(config)
-    device, weight_dtype = accelerator.device, config.weight_dtype
+    device = accelerator.device
+    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(str(accelerator.mixed_precision), torch.float32)
     os.makedirs(config.output_dir, exist_ok=True)
     if accelerator.is_main_process:
         _write_config(config, hparams, accelerator)
@@ -467,7 +476,7 @@ def read_log(output_dir: str) -> list[dict]:
 
 def _write_config(config: TrainConfig, hparams: dict | None, accelerator: "Accelerator") -> None:
     record = {"train": dataclasses.asdict(config), "phase": hparams or {},
-              "num_processes": accelerator.num_processes}
+              "num_processes": accelerator.num_processes, "mixed_precision": str(accelerator.mixed_precision)}
     with open(os.path.join(config.output_dir, "train_config.json"), "w", encoding="utf-8") as f:
         json.dump(record, f, indent=2, default=str)
 

@@ -40,16 +40,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def folder_unet_config(folder: str):
+    """The JointUNetConfig of the SD folder's unet/config.json, or None when it has none. A single-file
+    --init is read with these sizes (SD 2.1-base's for the real folder)."""
+    import json
+
+    from ..models.joint_unet import JointUNetConfig
+
+    path = os.path.join(folder, "unet", "config.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return JointUNetConfig.from_diffusers_unet_config(json.load(f))
+
+
 def initial_unet(args: argparse.Namespace):
     from ..models.stage1_weights import joint_unet_from_humansd, joint_unet_from_sd21, load_stage1_unet
 
-    if args.init_from == "sd21":
-        return joint_unet_from_sd21(args.init or args.pretrained_sd21)
+    if args.init_from == "sd21" and args.init is None:
+        return joint_unet_from_sd21(args.pretrained_sd21)
     if args.init is None:
         raise SystemExit(f"--init_from {args.init_from} needs --init PATH")
-    if args.init_from == "humansd":
-        return joint_unet_from_humansd(args.init)
-    return load_stage1_unet(args.init, dtype=None)
+    if args.init_from == "diffbody":
+        return load_stage1_unet(args.init, dtype=None)
+    config = None if os.path.isdir(args.init) else folder_unet_config(args.pretrained_sd21)
+    loader = joint_unet_from_sd21 if args.init_from == "sd21" else joint_unet_from_humansd
+    return loader(args.init, config)
 
 
 def save_unet(model, folder: str) -> None:
