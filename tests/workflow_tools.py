@@ -17,6 +17,8 @@ WORKFLOWS_DIR = REPO_ROOT / "workflows"
 
 # native class_type -> test-only class_type with the same inputs and outputs (filled in as stand-ins exist)
 TEST_SUBSTITUTES: dict[str, str] = {
+    "CheckpointLoaderSimple": "TestOnlyCheckpointLoaderSimple",  # comfy_test_nodes/native_stand_ins.py
+    "CLIPVisionLoader": "TestOnlyCLIPVisionLoader",  # comfy_test_nodes/native_stand_ins.py
     "ControlNetLoader": "TestOnlyControlNetLoader",  # comfy_test_nodes/union_stand_in.py
 }
 
