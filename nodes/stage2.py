@@ -177,17 +177,20 @@ class ColourAdapterFile:
 
     def __init__(self, path: str):
         self.path = path
-        self._loaded: tuple[str, object] | None = None
+        self._loaded: tuple[str, object, object] | None = None
 
     def for_unet(self, unet_config: dict):
+        """(adapter, its ModelPatcher). The patcher is kept with the adapter: ComfyUI takes weights that
+        outlive their patcher for a leak, and runs a full garbage collection on every later load."""
         import json
 
         from ..models.colour_adapter import load_colour_adapter
 
         key = json.dumps(unet_config, sort_keys=True, default=str)
         if self._loaded is None or self._loaded[0] != key:
-            self._loaded = (key, load_colour_adapter(self.path, unet_config))
-        return self._loaded[1]
+            adapter = load_colour_adapter(self.path, unet_config)
+            self._loaded = (key, adapter, glue.wrap_for_memory_management(adapter))
+        return self._loaded[1], self._loaded[2]
 
 
 class ApplyColourAdapter:
@@ -224,12 +227,11 @@ class ApplyColourAdapter:
 
         if weight == 0:
             return (model,)
-        colour_adapter = colour_adapter.for_unet(model.model.model_config.unet_config)
+        colour_adapter, adapter_patcher = colour_adapter.for_unet(model.model.model_config.unet_config)
         image = image[..., :3]
         with torch.no_grad():
             cond = colour_adapter.project(clip_vision.encode_image(image).penultimate_hidden_states)
             uncond = colour_adapter.project(glue.clip_vision_zero_input_features(clip_vision))
-        adapter_patcher = glue.wrap_for_memory_management(colour_adapter)
         return (patch_colour_adapter(model, colour_adapter, adapter_patcher, cond, uncond, weight, start_percent,
                                      end_percent),)
 

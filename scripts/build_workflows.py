@@ -1,0 +1,547 @@
+"""Write the bundled workflows in both formats from one description, so they cannot drift apart.
+
+    python scripts/build_workflows.py                  # starts a ComfyUI with the pack to read /object_info
+    python scripts/build_workflows.py --object-info F  # or reads a saved /object_info answer
+    python scripts/build_workflows.py --check          # exit 1 if a committed file differs
+
+Each workflow below is a list of nodes (id, class, title, position, widget values by input name, links
+by input name) and groups. From that and the server's /object_info (which gives every node's input
+order, which inputs are widgets, and its outputs) this writes:
+- `workflows/<name>.json`: the UI format the ComfyUI frontend 1.32 saves and loads by drag-and-drop
+  (LiteGraph: nodes with id/type/pos/size/inputs/outputs/widgets_values/properties, links, groups).
+  widgets_values follow the frontend's widget order: the required, then the optional widget inputs in
+  /object_info order; an INT with `control_after_generate` (or named seed/noise_seed) is followed by its
+  control value ("fixed"), an image-upload combo by its upload button's value ("image").
+- `workflows/<name>_api.json`: the API format of `POST /prompt` (node id as a string -> class_type,
+  inputs, _meta.title), the same ids, values and links. Notes exist only in the UI format.
+Unset widgets get the input's default from /object_info. Model-file inputs get a "models" property
+(name, url, folder) for public .safetensors files, which the frontend's missing-models dialog offers to
+download (it refuses other suffixes; the notes and the nodes' own messages cover every file).
+tests/test_workflows.py converts every UI file back with the live server's /object_info and checks it
+against its API twin.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+WORKFLOWS_DIR = REPO_ROOT / "workflows"
+FRONTEND_VERSION = "1.32.9"  # comfyui-frontend-package shipped with ComfyUI 0.3.75
+NOTE_TYPES = ("MarkdownNote", "Note")  # frontend-only nodes: not in /object_info, not sent to the server
+WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN")
+SEED_NAMES = ("seed", "noise_seed")  # INT widgets the frontend gives a "control after generate" widget
+NOTE_COLOURS = {"color": "#432", "bgcolor": "#653"}
+FRONTEND_DOWNLOADABLE = (".safetensors", ".sft")  # what the frontend's missing-models dialog will fetch
+
+# Which widget inputs name a model file, and the ComfyUI model folder each is looked up in.
+MODEL_FILE_INPUTS = {
+    ("DiffBodySwinIRLoader", "model_name"): "upscale_models",
+    ("DiffBodyPoseEstimator", "dwpose_detector"): "diffbody_pose",
+    ("DiffBodyPoseEstimator", "dwpose_estimator"): "diffbody_pose",
+    ("DiffBodyPoseEstimator", "openpose_model"): "diffbody_pose",
+    ("DiffBodyLlavaCaption", "model"): "LLM",
+    ("CheckpointLoaderSimple", "ckpt_name"): "checkpoints",
+    ("DiffBodyStage1Loader", "unet_name"): "diffbody",
+    ("DiffBodyStage1Loader", "controlnet_name"): "diffbody",
+    ("DiffBodyMultiPriorControlNetLoader", "controlnet_name"): "diffbody",
+    ("DiffBodyColourAdapterLoader", "adapter_name"): "ipadapter",
+    ("CLIPVisionLoader", "clip_name"): "clip_vision",
+}
+# The pose node names the files of every backend; only the chosen backend's are needed.
+POSE_BACKEND_FILES = {"dwpose": ("dwpose_detector", "dwpose_estimator"), "openpose": ("openpose_model",),
+                      "mmpose": ("dwpose_detector",), "mediapipe": ()}
+
+
+@dataclass
+class Node:
+    id: int
+    type: str
+    pos: tuple[float, float]
+    size: tuple[float, float]
+    title: str | None = None
+    widgets: dict = field(default_factory=dict)  # input name -> value (others: the input's default)
+    links: dict = field(default_factory=dict)  # input name -> (source node id, output slot)
+    text: str = ""  # notes only
+
+
+@dataclass
+class Group:
+    title: str
+    node_ids: tuple[int, ...]
+    color: str
+
+
+@dataclass
+class Workflow:
+    name: str
+    nodes: list[Node]
+    groups: list[Group]
+
+
+# -- shared pieces -------------------------------------------------------------------------------------
+
+CAPTION_SETTINGS = {"user_text": "", "text_mode": "append", "max_new_tokens": 77, "seed": 0, "dtype": "auto",
+                    "quantization": "none", "auto_download": False}
+STAGE1_SETTINGS = {"seed": 0, "steps": 200, "scheduler": "ddpm", "cfg": 7.5, "control_strength": 1.0,
+                   "size_mode": "bucket"}
+
+
+def stage0_nodes(*, keep_llava_loaded: bool) -> list[Node]:
+    return [
+        Node(1, "LoadImage", (0, 0), (320, 360), "Load the degraded photo (I_LQ)", {"image": "example.png"}),
+        Node(2, "DiffBodySwinIRLoader", (0, 430), (320, 82), "SwinIR cleaner",
+             {"model_name": "general_swinir_v1.ckpt", "auto_download": False}),
+        Node(3, "DiffBodySwinIRCleanup", (370, 0), (330, 130), "Stage 0: SwinIR cleanup -> I_ir",
+             {"upscale": 2.0, "tile_size": 512, "tile_stride": 256}, {"swinir": (2, 0), "image": (1, 0)}),
+        Node(4, "DiffBodyPoseEstimator", (370, 180), (330, 300), "Pose skeleton I_pose (DWPose)",
+             {"backend": "dwpose", "draw_hands": False, "draw_face": False, "dwpose_detector": "yolox_l.onnx",
+              "dwpose_estimator": "dw-ll_ucoco_384.onnx", "openpose_model": "body_pose_model.pth",
+              "auto_download": False}, {"image": (3, 0)}),
+        Node(5, "DiffBodyLlavaCaption", (370, 530), (330, 420), "Caption p = LLaVA(I_ir)",
+             {"model": "llava-1.5-7b-hf", **CAPTION_SETTINGS, "keep_loaded": keep_llava_loaded},
+             {"image": (3, 0)}),
+    ]
+
+
+def stage1_nodes() -> list[Node]:
+    return [
+        Node(10, "CheckpointLoaderSimple", (760, 0), (360, 98), "SD 2.1-base (stage 1's VAE and CLIP)",
+             {"ckpt_name": "v2-1_512-ema-pruned.safetensors"}),
+        Node(11, "CLIPTextEncode", (760, 150), (360, 100), "Stage 1 positive: caption p", {"text": ""},
+             {"text": (5, 0), "clip": (10, 1)}),
+        Node(12, "CLIPTextEncode", (760, 300), (360, 130), "Stage 1 negative", {"text": ""}, {"clip": (10, 1)}),
+        Node(13, "DiffBodyStage1Loader", (760, 480), (360, 106), "DiffBody Stage 1 Loader",
+             {"unet_name": "diffbody_stage1_unet.safetensors",
+              "controlnet_name": "diffbody_stage1_controlnet.safetensors", "dtype": "auto"}),
+        Node(14, "DiffBodyStage1Sampler", (1160, 0), (340, 330), "Stage 1: I_res, I_depth, I_normal",
+             STAGE1_SETTINGS, {"stage1": (13, 0), "vae": (10, 2), "positive": (11, 0), "negative": (12, 0),
+                               "image": (3, 0), "pose_image": (4, 0)}),
+    ]
+
+
+def model_table(workflow_nodes: list[Node], object_info: dict) -> str:
+    """A Markdown table of every model file the workflow needs: file, folder, where to get it."""
+    from comfyui_diffbody.models.files import FOLDERS, KNOWN_FILES
+
+    rows = []
+    for name, folder in needed_model_files(workflow_nodes, object_info):
+        known = KNOWN_FILES[name]
+        where = f"[{known.repo_id}]({known.url})" if known.downloadable else "not public: trained with this pack"
+        kind = "folder" if known.is_dir else "file"
+        rows.append(f"| `{name}` ({kind}) | `models/{FOLDERS[folder].relative_dir}/` | {where} |")
+    return "| model | put it in | get it from |\n| --- | --- | --- |\n" + "\n".join(dict.fromkeys(rows))
+
+
+def needed_model_files(workflow_nodes: list[Node], object_info: dict) -> list[tuple[str, str]]:
+    files = []
+    for node in workflow_nodes:
+        if node.type in NOTE_TYPES:
+            continue
+        values = widget_values_by_name(node, object_info)
+        for (class_type, input_name), folder in MODEL_FILE_INPUTS.items():
+            if class_type != node.type or input_name in node.links or values.get(input_name) in (None, "none"):
+                continue
+            if class_type == "DiffBodyPoseEstimator" and input_name not in POSE_BACKEND_FILES[values["backend"]]:
+                continue
+            files.append((values[input_name], folder))
+    return files
+
+
+# -- the workflows -------------------------------------------------------------------------------------
+
+FULL_OVERVIEW = """# DiffBody: full pipeline (trained DiffBody weights)
+
+Restores a photo of a person in the paper's two diffusion stages. Pick your photo in **Load the degraded photo**
+and press Run: the result is saved as `diffbody_*.png` in ComfyUI's output folder, and **DiffBody Before/After**
+shows input and result under a split you can drag.
+
+1. **Stage 0**: SwinIR cleans the photo (I_ir), DWPose draws the skeleton (I_pose), LLaVA writes the caption p.
+2. **Stage 1**: the joint SD 2.1 model turns I_ir, I_pose and p into I_res, I_depth and I_normal (previewed).
+3. **Re-caption**: LLaVA describes I_res again (p'), as the paper does.
+4. **Stage 2**: SDXL with the multi-prior ControlNet (I_ir, I_pose, I_depth, I_normal, strengths a1..a4) and
+   the colour adapter (on I_res), sampled by the stock KSampler.
+
+DiffBody's own weights are not public: train them with the pack, or use the `diffbody_public` workflow.
+
+Model files (paths below `ComfyUI/models/`):
+
+{models}
+"""
+
+STAGE0_NOTE = """## Stage 0
+- **SwinIR cleanup** removes blur, noise and JPEG damage. `upscale` resizes first: 2 here (for small or
+  low-resolution photos); choose it so I_ir's sides end up about 512-1024 px, the sizes DiffBody was trained at.
+- **Pose**: DWPose (`backend`), every person, OpenPose colours on black.
+- **Caption**: LLaVA 1.5 describes clothing, colours, pose and setting; `user_text` adds your own words.
+  `keep_loaded` is on so the re-caption after stage 1 does not load LLaVA again (it waits in RAM).
+"""
+
+STAGE1_NOTE = """## Stage 1
+Load Checkpoint with SD 2.1-base gives the VAE and CLIP; its MODEL is not used (the DiffBody Stage 1 Loader
+brings the joint UNet and its ControlNet). The caption p is wired into CLIP Text Encode's text.
+
+The sampler works on the paper's training sizes (`size_mode` bucket: 512x512 ... 1024x512) and resizes its
+three results back to I_ir's size. **DDPM, 200 steps** are the paper's; `ddim` at 50 or `dpmpp_2m` at 20-30
+steps are several times faster. The paper states no guidance scale: cfg 7.5 is SD 2.1's usual value.
+"""
+
+STAGE2_NOTE = """## Stage 2: settings
+- **Sampler**: the paper samples with **DDPM, 200 steps**: KSampler `ddpm` with scheduler `ddim_uniform`
+  (the 200 evenly spaced training timesteps of the paper's DDPM). Faster: `dpmpp_2m` + `karras` at 30 steps,
+  or `euler` + `normal` at 30. cfg 5.0: the paper states none; 4-7 is SDXL's usual range.
+- **Prior strengths a1..a4** (image = I_ir, pose, depth, normal) are 1.0, the setting the ControlNet was
+  trained with; lower one to loosen that prior, 0 leaves it out. The ControlNet takes I_ir, not I_res (paper, eq. 3).
+- **Colour adapter**: CLIP ViT-H features of I_res steer the colours; `weight` 1.0.
+"""
+
+LATENT_NOTE = """## Stage 2: the latent's size
+**Get Image Size** (of I_ir) -> **Empty Latent Image**: stage 2 samples at I_ir's own size, from pure noise.
+- Pure noise, as the paper's stage 2 starts: KSampler adds its noise *to* the latent it is given even at
+  denoise 1.0, so a VAE Encode of I_ir would leak the SwinIR image into the start.
+- I_ir's size: the ControlNet resizes its four priors to the latent and centre-crops them when the aspect
+  differs, so a latent of I_ir's size uses every prior pixel for pixel; the result then has the input's
+  size times SwinIR's `upscale`, like the command line's result (which samples on the nearest training
+  bucket and resizes back). Keep I_ir's sides about 512-1024 px with `upscale`: SDXL drifts far from
+  its sizes and memory grows with the area. batch_size follows the image batch.
+"""
+
+PRIORS_OVERVIEW = """# DiffBody: priors only
+
+Runs stage 0 and stage 1 and saves every prior stage 2 uses, for inspection or for other workflows:
+`diffbody_priors/I_ir` (SwinIR cleanup), `I_pose` (skeleton), `I_res`, `I_depth`, `I_normal` (stage 1), and
+shows the caption p. Settings as in `diffbody_full` (DDPM, 200 steps; `ddim` 50 or `dpmpp_2m` 20-30 are
+faster). Stage 1's SD 2.1 checkpoint only provides the VAE and CLIP.
+
+Model files (paths below `ComfyUI/models/`):
+
+{models}
+"""
+
+
+def full_workflow(object_info: dict) -> Workflow:
+    nodes = stage0_nodes(keep_llava_loaded=True) + stage1_nodes() + [
+        Node(15, "PreviewImage", (1540, 0), (280, 300), "Stage 1: I_res", links={"images": (14, 0)}),
+        Node(16, "PreviewImage", (1540, 350), (280, 300), "Stage 1: I_depth", links={"images": (14, 1)}),
+        Node(17, "PreviewImage", (1540, 700), (280, 300), "Stage 1: I_normal", links={"images": (14, 2)}),
+        Node(20, "DiffBodyLlavaCaption", (1880, 0), (330, 420), "Re-caption p' = LLaVA(I_res)",
+             {"model": "llava-1.5-7b-hf", **CAPTION_SETTINGS, "keep_loaded": False}, {"image": (14, 0)}),
+        Node(21, "PreviewAny", (1880, 470), (330, 160), "Show p'", links={"source": (20, 0)}),
+        Node(30, "CheckpointLoaderSimple", (2270, 0), (360, 98), "SDXL base (stage 2)",
+             {"ckpt_name": "sd_xl_base_1.0.safetensors"}),
+        Node(31, "CLIPTextEncode", (2270, 150), (360, 100), "Stage 2 positive: caption p'", {"text": ""},
+             {"text": (20, 0), "clip": (30, 1)}),
+        Node(32, "CLIPTextEncode", (2270, 300), (360, 130), "Stage 2 negative", {"text": ""}, {"clip": (30, 1)}),
+        Node(33, "DiffBodyMultiPriorControlNetLoader", (2270, 480), (360, 82), "DiffBody Multi-Prior ControlNet",
+             {"controlnet_name": "diffbody_stage2_controlnet.safetensors", "dtype": "auto"}),
+        Node(35, "DiffBodyColourAdapterLoader", (2270, 610), (360, 82), "DiffBody Colour Adapter",
+             {"adapter_name": "diffbody_colour_adapter.safetensors", "auto_download": False}),
+        Node(36, "CLIPVisionLoader", (2270, 740), (360, 58), "CLIP ViT-H (colour adapter)",
+             {"clip_name": "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors"}),
+        Node(38, "GetImageSize", (2270, 850), (240, 100), "Size of I_ir", links={"image": (3, 0)}),
+        Node(39, "EmptyLatentImage", (2270, 1000), (300, 106), "Latent of I_ir's size",
+             {"width": 512, "height": 512, "batch_size": 1},
+             {"width": (38, 0), "height": (38, 1), "batch_size": (38, 2)}),
+        Node(34, "DiffBodyApplyMultiPriorControlNet", (2680, 0), (340, 430), "Priors: a1 I_ir, a2 pose, a3 depth, a4 normal",
+             {"image_strength": 1.0, "pose_strength": 1.0, "depth_strength": 1.0, "normal_strength": 1.0,
+              "strength": 1.0, "start_percent": 0.0, "end_percent": 1.0},
+             {"positive": (31, 0), "negative": (32, 0), "control_net": (33, 0), "image": (3, 0), "pose": (4, 0),
+              "depth": (14, 1), "normal": (14, 2)}),
+        Node(37, "DiffBodyApplyColourAdapter", (2680, 480), (340, 190), "Colour adapter on I_res",
+             {"weight": 1.0, "start_percent": 0.0, "end_percent": 1.0},
+             {"model": (30, 0), "colour_adapter": (35, 0), "clip_vision": (36, 0), "image": (14, 0)}),
+        Node(40, "KSampler", (3070, 0), (320, 262), "Stage 2 sampler (DDPM, 200 steps)",
+             {"seed": 0, "steps": 200, "cfg": 5.0, "sampler_name": "ddpm", "scheduler": "ddim_uniform",
+              "denoise": 1.0},
+             {"model": (37, 0), "positive": (34, 0), "negative": (34, 1), "latent_image": (39, 0)}),
+        Node(41, "VAEDecode", (3070, 320), (210, 46), "Decode (SDXL VAE)", links={"samples": (40, 0), "vae": (30, 2)}),
+        Node(42, "SaveImage", (3440, 0), (440, 480), "Restored photo", {"filename_prefix": "diffbody"},
+             {"images": (41, 0)}),
+        Node(43, "DiffBodyBeforeAfter", (3440, 530), (440, 480), "Before / after", links={"before": (1, 0),
+                                                                                          "after": (41, 0)}),
+    ]
+    notes = [
+        Node(90, "MarkdownNote", (0, -560), (760, 500), "About this workflow",
+             text=FULL_OVERVIEW.format(models=model_table(nodes, object_info))),
+        Node(91, "MarkdownNote", (0, 570), (320, 450), "Stage 0", text=STAGE0_NOTE),
+        Node(92, "MarkdownNote", (760, 640), (360, 360), "Stage 1", text=STAGE1_NOTE),
+        Node(93, "MarkdownNote", (2680, 720), (340, 420), "Stage 2 settings", text=STAGE2_NOTE),
+        Node(94, "MarkdownNote", (3070, 420), (320, 480), "Stage 2 latent size", text=LATENT_NOTE),
+    ]
+    groups = [
+        Group("Stage 0: SwinIR cleanup (I_ir), pose (I_pose), caption (p)", (1, 2, 3, 4, 5, 91), "#3f789e"),
+        Group("Stage 1: joint diffusion -> I_res, I_depth, I_normal", (10, 11, 12, 13, 14, 15, 16, 17, 92),
+              "#8A8"),
+        Group("Re-caption p' on I_res", (20, 21), "#b58b2a"),
+        Group("Stage 2: SDXL + multi-prior ControlNet + colour adapter", (30, 31, 32, 33, 34, 35, 36, 37, 38, 39,
+                                                                          40, 41, 93, 94), "#a1309b"),
+        Group("Result", (42, 43), "#444"),
+    ]
+    return Workflow("diffbody_full", notes + nodes, groups)
+
+
+def priors_workflow(object_info: dict) -> Workflow:
+    save = "SaveImage"
+    nodes = stage0_nodes(keep_llava_loaded=False) + stage1_nodes() + [
+        Node(6, save, (370, 1000), (330, 320), "Save I_ir", {"filename_prefix": "diffbody_priors/I_ir"},
+             {"images": (3, 0)}),
+        Node(7, save, (0, 560), (320, 320), "Save I_pose", {"filename_prefix": "diffbody_priors/I_pose"},
+             {"images": (4, 0)}),
+        Node(8, "PreviewAny", (0, 930), (320, 160), "Show the caption p", links={"source": (5, 0)}),
+        Node(15, save, (1540, 0), (280, 320), "Save I_res", {"filename_prefix": "diffbody_priors/I_res"},
+             {"images": (14, 0)}),
+        Node(16, save, (1540, 370), (280, 320), "Save I_depth", {"filename_prefix": "diffbody_priors/I_depth"},
+             {"images": (14, 1)}),
+        Node(17, save, (1540, 740), (280, 320), "Save I_normal", {"filename_prefix": "diffbody_priors/I_normal"},
+             {"images": (14, 2)}),
+    ]
+    notes = [
+        Node(90, "MarkdownNote", (0, -500), (760, 440), "About this workflow",
+             text=PRIORS_OVERVIEW.format(models=model_table(nodes, object_info))),
+        Node(92, "MarkdownNote", (760, 640), (360, 360), "Stage 1", text=STAGE1_NOTE),
+    ]
+    groups = [
+        Group("Stage 0: SwinIR cleanup (I_ir), pose (I_pose), caption (p)", (1, 2, 3, 4, 5, 6, 7, 8), "#3f789e"),
+        Group("Stage 1: joint diffusion -> I_res, I_depth, I_normal", (10, 11, 12, 13, 14, 15, 16, 17, 92),
+              "#8A8"),
+    ]
+    return Workflow("diffbody_priors", notes + nodes, groups)
+
+
+WORKFLOWS = (full_workflow, priors_workflow)
+
+
+# -- formats -------------------------------------------------------------------------------------------
+
+def input_specs(class_type: str, object_info: dict) -> list[tuple[str, list, bool]]:
+    """(name, spec, optional) of a node's inputs in the frontend's order: required, then optional."""
+    info = object_info[class_type]
+    order = info.get("input_order") or {k: list(v) for k, v in info["input"].items()}
+    return [(name, info["input"][section][name], section == "optional")
+            for section in ("required", "optional") for name in order.get(section, [])]
+
+
+def widget_kind(spec: list) -> str | None:
+    """"COMBO", "INT", "FLOAT", "STRING", "BOOLEAN" for inputs the frontend shows as widgets, else None."""
+    kind, options = spec[0], (spec[1] if len(spec) > 1 else {})
+    if options.get("forceInput"):
+        return None
+    if isinstance(kind, list) or kind == "COMBO":
+        return "COMBO"
+    return kind if kind in WIDGET_TYPES else None
+
+
+def extra_widget_values(name: str, spec: list) -> list:
+    """Values of the widgets the frontend adds after an input's own widget."""
+    kind, options = widget_kind(spec), (spec[1] if len(spec) > 1 else {})
+    control = options.get("control_after_generate")
+    if kind == "INT" and (control if control is not None else name in SEED_NAMES):
+        return ["fixed"]
+    if kind == "COMBO" and control:
+        return ["fixed"]
+    if kind == "COMBO" and options.get("image_upload"):
+        return ["image"]
+    return []
+
+
+def widget_values_by_name(node: Node, object_info: dict) -> dict:
+    values = {}
+    for name, spec, _ in input_specs(node.type, object_info):
+        if widget_kind(spec) is None:
+            continue
+        if name in node.widgets:
+            values[name] = node.widgets[name]
+        elif "default" in (spec[1] if len(spec) > 1 else {}):
+            values[name] = spec[1]["default"]
+        else:
+            raise ValueError(f"node {node.id} ({node.type}): no value for '{name}' and no default")
+    unknown = set(node.widgets) - set(values)
+    if unknown:
+        raise ValueError(f"node {node.id} ({node.type}): {sorted(unknown)} are not widgets of {node.type}")
+    return values
+
+
+def to_api(workflow: Workflow, object_info: dict) -> dict:
+    prompt = {}
+    for node in sorted(workflow.nodes, key=lambda n: n.id):
+        if node.type in NOTE_TYPES:
+            continue
+        values = widget_values_by_name(node, object_info)
+        inputs = {}
+        for name, spec, optional in input_specs(node.type, object_info):
+            if name in node.links:
+                source, slot = node.links[name]
+                inputs[name] = [str(source), slot]
+            elif name in values:
+                inputs[name] = values[name]
+            elif not optional:
+                raise ValueError(f"node {node.id} ({node.type}): required input '{name}' is not connected")
+        unknown = set(node.links) - {name for name, _, _ in input_specs(node.type, object_info)}
+        if unknown:
+            raise ValueError(f"node {node.id} ({node.type}): no inputs named {sorted(unknown)}")
+        prompt[str(node.id)] = {"inputs": inputs, "class_type": node.type,
+                                "_meta": {"title": node.title or object_info[node.type]["display_name"]}}
+    return prompt
+
+
+def to_ui(workflow: Workflow, object_info: dict) -> dict:
+    by_id = {node.id: node for node in workflow.nodes}
+    if len(by_id) != len(workflow.nodes):
+        raise ValueError(f"{workflow.name}: duplicate node ids")
+    ui_nodes, links = {}, []
+    for node in sorted(workflow.nodes, key=lambda n: n.id):
+        ui_nodes[node.id] = _ui_node(node, object_info)
+    for node in sorted(workflow.nodes, key=lambda n: n.id):  # links by target node, then input: stable ids
+        if node.type in NOTE_TYPES:
+            continue
+        target = ui_nodes[node.id]
+        for slot, entry in enumerate(target["inputs"]):
+            if entry["name"] not in node.links:
+                continue
+            source_id, source_slot = node.links[entry["name"]]
+            output = ui_nodes[source_id]["outputs"][source_slot]
+            link_id = len(links) + 1
+            links.append([link_id, source_id, source_slot, node.id, slot, output["type"]])
+            entry["link"] = link_id
+            output["links"] = (output["links"] or []) + [link_id]
+    for order, node_id in enumerate(_execution_order(workflow)):
+        ui_nodes[node_id]["order"] = order
+    return {
+        "id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"comfyui-diffbody/workflows/{workflow.name}")),
+        "revision": 0,
+        "last_node_id": max(by_id),
+        "last_link_id": len(links),
+        "nodes": list(ui_nodes.values()),
+        "links": links,
+        "groups": [_ui_group(i + 1, group, by_id) for i, group in enumerate(workflow.groups)],
+        "config": {},
+        "extra": {"ds": {"scale": 0.45, "offset": [120, 640]}, "frontendVersion": FRONTEND_VERSION},
+        "version": 0.4,
+    }
+
+
+def _ui_node(node: Node, object_info: dict) -> dict:
+    base = {"id": node.id, "type": node.type, "pos": list(node.pos), "size": list(node.size), "flags": {},
+            "order": 0, "mode": 0}
+    if node.type in NOTE_TYPES:
+        return {**base, "inputs": [], "outputs": [], "title": node.title, "properties": {},
+                "widgets_values": [node.text], **NOTE_COLOURS}
+    info = object_info[node.type]
+    values = widget_values_by_name(node, object_info)
+    # The frontend saves socket inputs first, then the widget inputs fed by a link (a linked widget keeps
+    # its value, shown greyed out); unlinked widgets live in widgets_values only.
+    sockets, linked_widgets, widgets_values = [], [], []
+    for name, spec, optional in input_specs(node.type, object_info):
+        kind = widget_kind(spec)
+        if kind is None:
+            entry = {"name": name, "type": spec[0], "link": None}
+            sockets.append({**entry, "shape": 7} if optional else entry)
+            continue
+        widgets_values += [values[name]] + extra_widget_values(name, spec)
+        if name in node.links:
+            linked_widgets.append({"name": name, "type": kind, "widget": {"name": name}, "link": None})
+    inputs = sockets + linked_widgets
+    outputs = [{"name": name, "type": kind, "links": None}
+               for name, kind in zip(info["output_name"], info["output"])]
+    properties = {"Node name for S&R": node.type}
+    models = _downloadable_models(node, values)
+    if models:
+        properties["models"] = models
+    result = {**base, "inputs": inputs, "outputs": outputs}
+    if node.title:
+        result["title"] = node.title
+    return {**result, "properties": properties, "widgets_values": widgets_values}
+
+
+def _downloadable_models(node: Node, values: dict) -> list[dict]:
+    from comfyui_diffbody.models.files import KNOWN_FILES
+
+    models = []
+    for (class_type, input_name), folder in MODEL_FILE_INPUTS.items():
+        known = KNOWN_FILES.get(values.get(input_name)) if class_type == node.type else None
+        if known is not None and known.downloadable and known.filename.endswith(FRONTEND_DOWNLOADABLE):
+            models.append({"name": known.filename, "url": known.url, "directory": folder})
+    return models
+
+
+def _execution_order(workflow: Workflow) -> list[int]:
+    """Notes first, then the nodes sorted so every node comes after its sources (stable by id)."""
+    remaining = {node.id: {source for source, _ in node.links.values()} for node in workflow.nodes}
+    order = []
+    while remaining:
+        ready = sorted(node_id for node_id, sources in remaining.items() if not sources - set(order))
+        if not ready:
+            raise ValueError(f"{workflow.name}: the links form a cycle")
+        order += ready
+        for node_id in ready:
+            del remaining[node_id]
+    return order
+
+
+TITLE_HEIGHT, GROUP_TITLE_HEIGHT, GROUP_PADDING = 30, 40, 12
+
+
+def _ui_group(group_id: int, group: Group, by_id: dict) -> dict:
+    """A group framing its nodes (title bars included) with a margin and room for its own title."""
+    members = [by_id[i] for i in group.node_ids]
+    left = min(n.pos[0] for n in members) - GROUP_PADDING
+    top = min(n.pos[1] - TITLE_HEIGHT for n in members) - GROUP_TITLE_HEIGHT
+    right = max(n.pos[0] + n.size[0] for n in members) + GROUP_PADDING
+    bottom = max(n.pos[1] + n.size[1] for n in members) + GROUP_PADDING
+    return {"id": group_id, "title": group.title, "bounding": [left, top, right - left, bottom - top],
+            "color": group.color, "font_size": 24, "flags": {}}
+
+
+# -- command line --------------------------------------------------------------------------------------
+
+def live_object_info() -> dict:
+    """/object_info of a ComfyUI started with the pack (tests/comfy_harness.py: the cached test environment)."""
+    sys.path.insert(0, str(REPO_ROOT / "tests"))
+    from comfy_harness import ComfyServer, make_base_dir
+
+    with tempfile.TemporaryDirectory() as tmp:
+        server = ComfyServer(make_base_dir(Path(tmp), "ComfyUI-DiffBody")).start()
+        try:
+            return server.object_info()
+        finally:
+            server.stop()
+
+
+def render(object_info: dict) -> dict[str, str]:
+    """{file name: JSON text} of every bundled workflow this script builds."""
+    files = {}
+    for build in WORKFLOWS:
+        workflow = build(object_info)
+        files[f"{workflow.name}.json"] = json.dumps(to_ui(workflow, object_info), indent=2) + "\n"
+        files[f"{workflow.name}_api.json"] = json.dumps(to_api(workflow, object_info), indent=2) + "\n"
+    return files
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--object-info", type=Path, help="a saved /object_info answer (default: start ComfyUI)")
+    parser.add_argument("--check", action="store_true", help="compare with the committed files, write nothing")
+    args = parser.parse_args()
+    object_info = json.loads(args.object_info.read_text()) if args.object_info else live_object_info()
+    stale = []
+    for name, text in render(object_info).items():
+        path = WORKFLOWS_DIR / name
+        if args.check:
+            if not path.exists() or path.read_text() != text:
+                stale.append(name)
+        else:
+            path.write_text(text)
+            print(f"wrote {path.relative_to(REPO_ROOT)}")
+    if stale:
+        print("out of date (run scripts/build_workflows.py):", ", ".join(stale))
+    return 1 if stale else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
