@@ -351,7 +351,8 @@ def run_training(
                 extras[name] = extras.get(name, 0.0) + float(value) / accum
         if not accelerator.sync_gradients:
             raise TrainingError("gradient accumulation went out of step with the loop")  # cannot happen
-        lr_schedule.step()
+        if not optimizer.step_was_skipped:  # an fp16 overflow step does not count towards the warm-up
+            lr_schedule.step()
         state.step += 1
         losses.append(step_loss.item())
         window.append(step_loss)

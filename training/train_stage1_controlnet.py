@@ -120,9 +120,7 @@ def train(args: argparse.Namespace, accelerator=None) -> list[float]:
     cleaner = Cleaner(args.swinir)
     schedule = common.training_schedule()
     previews = common.validation_items(dataset, args.validation_count)
-    preview_generator = torch.Generator().manual_seed(args.seed)
-    preview_ir = [degraded_and_cleaned(item["image"][None], preview_generator, cleaner, args.degradation_scale)[1][0]
-                  for item in previews]  # on the CPU, before the cleaner moves to the training device
+    preview_ir: list[torch.Tensor] = []  # I_ir of the preview items, made once, on the training device
 
     def compute_loss(batch):
         if args.fixed_noise:
@@ -135,6 +133,11 @@ def train(args: argparse.Namespace, accelerator=None) -> list[float]:
         return common.joint_loss(prediction, inputs.noise)
 
     def validate(model, step: int, folder: str) -> None:
+        if not preview_ir:
+            device, generator = next(model.parameters()).device, torch.Generator().manual_seed(args.seed)
+            for item in previews:
+                _, ir = degraded_and_cleaned(item["image"][None].to(device), generator, cleaner, args.degradation_scale)
+                preview_ir.append(ir[0].cpu())
         common.sample_previews(unet, model, components, previews, preview_ir, folder, step, args)
 
     frozen = [*common.frozen_modules(components), unet]
