@@ -67,11 +67,14 @@ def _figure_mask(xy: np.ndarray, height: int, width: int) -> np.ndarray:
 
 
 def _normals_from_depth(depth: np.ndarray) -> np.ndarray:
-    """(H, W, 3) uint8 normal map (x right, y up, z towards the camera; 128,128,255 = facing the camera)."""
-    dy, dx = np.gradient(depth * 8.0)
-    normal = np.stack([-dx, dy, np.ones_like(depth)], axis=-1)
-    normal /= np.linalg.norm(normal, axis=-1, keepdims=True)
-    return np.clip((normal + 1.0) * 127.5, 0, 255).astype(np.uint8)
+    """(H, W, 3) uint8 normal map in the pack's convention (pipelines/depth_normal.py), from the same
+    depth-to-normal code the data preparation uses."""
+    import torch
+
+    from ...pipelines.depth_normal import normals_from_depth
+
+    colours = normals_from_depth(torch.from_numpy(np.ascontiguousarray(depth, dtype=np.float32))[None, None])
+    return (colours[0].permute(1, 2, 0).numpy() * 255.0).round().astype(np.uint8)
 
 
 def _item_images(rng: np.random.Generator, height: int, width: int, clothes: str):
