@@ -53,7 +53,11 @@ MODEL_FILE_INPUTS = {
     ("DiffBodyMultiPriorControlNetLoader", "controlnet_name"): "diffbody",
     ("DiffBodyColourAdapterLoader", "adapter_name"): "ipadapter",
     ("CLIPVisionLoader", "clip_name"): "clip_vision",
+    ("ControlNetLoader", "control_net_name"): "controlnet",
+    ("DiffBodyDepthNormalEstimator", "depth_model"): "diffbody_priors",
+    ("DiffBodyDepthNormalEstimator", "normal_source"): "diffbody_priors",
 }
+NO_FILE_CHOICES = ("none", "from depth")  # Stage 1 Loader's controlnet_name; the estimator's normal_source
 # The pose node names the files of every backend; only the chosen backend's are needed.
 POSE_BACKEND_FILES = {"dwpose": ("dwpose_detector", "dwpose_estimator"), "openpose": ("openpose_model",),
                       "mmpose": ("dwpose_detector",), "mediapipe": ()}
@@ -146,7 +150,9 @@ def needed_model_files(workflow_nodes: list[Node], object_info: dict) -> list[tu
             continue
         values = widget_values_by_name(node, object_info)
         for (class_type, input_name), folder in MODEL_FILE_INPUTS.items():
-            if class_type != node.type or input_name in node.links or values.get(input_name) in (None, "none"):
+            if class_type != node.type or input_name in node.links:
+                continue
+            if values.get(input_name) in (None, *NO_FILE_CHOICES):
                 continue
             if class_type == "DiffBodyPoseEstimator" and input_name not in POSE_BACKEND_FILES[values["backend"]]:
                 continue
@@ -248,7 +254,8 @@ def full_workflow(object_info: dict) -> Workflow:
         Node(39, "EmptyLatentImage", (2270, 1000), (300, 106), "Latent of I_ir's size",
              {"width": 512, "height": 512, "batch_size": 1},
              {"width": (38, 0), "height": (38, 1), "batch_size": (38, 2)}),
-        Node(34, "DiffBodyApplyMultiPriorControlNet", (2680, 0), (340, 430), "Priors: a1 I_ir, a2 pose, a3 depth, a4 normal",
+        Node(34, "DiffBodyApplyMultiPriorControlNet", (2680, 0), (340, 430),
+             "Priors: a1 I_ir, a2 pose, a3 depth, a4 normal",
              {"image_strength": 1.0, "pose_strength": 1.0, "depth_strength": 1.0, "normal_strength": 1.0,
               "strength": 1.0, "start_percent": 0.0, "end_percent": 1.0},
              {"positive": (31, 0), "negative": (32, 0), "control_net": (33, 0), "image": (3, 0), "pose": (4, 0),

@@ -48,7 +48,10 @@ MODEL_FILE_INPUTS = {
     ("DiffBodyStage1Loader", "controlnet_name"): "diffbody",
     ("DiffBodyMultiPriorControlNetLoader", "controlnet_name"): "diffbody",
     ("DiffBodyColourAdapterLoader", "adapter_name"): "ipadapter",
+    ("DiffBodyDepthNormalEstimator", "depth_model"): "diffbody_priors",
+    ("DiffBodyDepthNormalEstimator", "normal_source"): "diffbody_priors",
 }
+NO_FILE_CHOICES = {"none", "from depth"}  # Stage 1 Loader's controlnet_name; the estimator's normal_source
 # The optional mmpose backend's files come from mmpose's model zoo, outside the catalogue; the pose node
 # carries their defaults whatever the backend.
 NOT_CATALOGUED_INPUTS = {("DiffBodyPoseEstimator", "mmpose_config"), ("DiffBodyPoseEstimator", "mmpose_checkpoint")}
@@ -211,10 +214,11 @@ def named_model_files(api: dict) -> list[tuple[str, str, str, str]]:
             if not isinstance(value, str) or (class_type, name) in NOT_CATALOGUED_INPUTS:
                 continue
             if (class_type, name) in MODEL_FILE_INPUTS:
-                if value != "none":
+                if value not in NO_FILE_CHOICES:
                     found.append((value, MODEL_FILE_INPUTS[class_type, name], class_type, name))
             elif value.lower().endswith(MODEL_EXTENSIONS):
-                pytest.fail(f"{class_type}.{name} = {value!r} looks like a model file: add the input to MODEL_FILE_INPUTS")
+                pytest.fail(f"{class_type}.{name} = {value!r} looks like a model file: add the input to "
+                            "MODEL_FILE_INPUTS")
     return found
 
 
@@ -250,12 +254,11 @@ def test_every_node_sits_in_a_titled_group_or_is_a_note(ui_name):
     ui = load_workflow(ui_name)
     grouped = {node["id"] for group in ui["groups"] for node in nodes_in_group(ui, group)}
     assert all(group["title"] for group in ui["groups"])
-    loose = [node["id"] for node in ui["nodes"] if node["id"] not in grouped and node["type"] not in FRONTEND_ONLY_TYPES]
+    loose = [node["id"] for node in ui["nodes"]
+             if node["id"] not in grouped and node["type"] not in FRONTEND_ONLY_TYPES]
     assert loose == [], f"{ui_name}: nodes outside every group"
-    for group_a in ui["groups"]:
-        for group_b in ui["groups"]:
-            if group_a is not group_b:
-                assert not {n["id"] for n in nodes_in_group(ui, group_a)} & {n["id"] for n in nodes_in_group(ui, group_b)}
+    members = [{node["id"] for node in nodes_in_group(ui, group)} for group in ui["groups"]]
+    assert sum(len(m) for m in members) == len(set().union(*members)), f"{ui_name}: a node sits in two groups"
 
 
 def test_stand_ins_replace_class_types_only():
@@ -319,7 +322,8 @@ result["sdxl"] = max((context - reference).abs().max().item(), (options["pooled_
 [[weighted, _]] = nodes.CLIPTextEncode().encode(clip, "a (person:1.4) in a white shirt, arms crossed")[0]
 result["weights_change_it"] = not torch.equal(weighted, context)
 latent = nodes.EmptyLatentImage().generate(64, 48, 1)[0]
-sampled = nodes.common_ksampler(model, 0, 2, 5.0, "euler", "normal", [[context, options]], [[context, options]], latent)[0]
+positive = [[context, options]]
+sampled = nodes.common_ksampler(model, 0, 2, 5.0, "euler", "normal", positive, positive, latent)[0]
 result["decoded"] = list(nodes.VAEDecode().decode(vae, sampled)[0].shape)
 print("RESULT " + json.dumps(result))
 '''
