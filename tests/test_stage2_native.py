@@ -37,7 +37,7 @@ comfy.cli_args.args.cpu = True
 import comfy.model_detection, comfy.model_management, comfy.model_patcher, comfy.sample, comfy.supported_models
 import comfy.utils
 from diffusers import EulerDiscreteScheduler
-from comfy_test_nodes import TinyCLIPVision  # CLIP_VISION's interface over the tiny encoder
+from comfy_test_nodes.tiny_stand_ins import TinyCLIPVision  # CLIP_VISION's interface over the tiny encoder
 from comfyui_diffbody.models.colour_adapter import comfy_attn2_locations, load_colour_adapter
 from comfyui_diffbody.models.multiprior_controlnet import MultiPriorControlNet
 from comfyui_diffbody.models.stage2_weights import load_multiprior
