@@ -321,7 +321,117 @@ def priors_workflow(object_info: dict) -> Workflow:
     return Workflow("diffbody_priors", notes + nodes, groups)
 
 
-WORKFLOWS = (full_workflow, priors_workflow)
+PUBLIC_OVERVIEW = """# DiffBody: public weights (no DiffBody weights needed)
+
+Restores a photo of a person with DiffBody's structure built from public models only. Pick your photo in
+**Load the degraded photo** and press Run: the result is saved as `diffbody_public_*.png` in ComfyUI's output
+folder, and **DiffBody Before/After** shows input and result under a split you can drag.
+
+1. **Stage 0**: SwinIR cleans the photo (I_ir), DWPose draws the skeleton (I_pose), LLaVA writes the caption p.
+2. **Depth & normal priors**: public estimators on I_ir (Depth Anything V2, Marigold normals) stand in for
+   stage 1's I_depth and I_normal (there are no public stage-1 weights, so there is no I_res either).
+3. **Stage 2**: SDXL with **ControlNet-Union SDXL** applied once per prior by DiffBody Apply Multi-Prior
+   ControlNet (I_ir as *tile*, I_pose as *openpose*, depth, normal; strengths a1..a4) and **IP-Adapter Plus XL**
+   (the paper's initialisation of the colour adapter) on I_ir, sampled by the stock KSampler.
+
+An approximation of DiffBody from public parts, not the paper's trained model: use `diffbody_full` with trained
+DiffBody weights for that.
+
+Model files (paths below `ComfyUI/models/`; every one is public):
+
+{models}
+"""
+
+PUBLIC_STAGE0_NOTE = """## Stage 0
+- **SwinIR cleanup**: `upscale` 2 here (small or low-resolution photos); choose it so I_ir's sides end up about
+  512-1024 px, SDXL's sizes.
+- **Pose**: DWPose (`backend`), every person, OpenPose colours on black: ControlNet-Union's *openpose* input.
+- **Caption**: LLaVA 1.5 describes clothing, colours, pose and setting (stage 2's prompt); `user_text` adds
+  your own words. There is no re-caption: without stage 1 there is no I_res to describe.
+"""
+
+ESTIMATOR_NOTE = """## Depth & normal priors
+- **Depth**: `Depth-Anything-V2-Small-hf` (Apache-2.0). `-Base-hf` and `-Large-hf` are sharper but
+  CC-BY-NC-4.0 (non-commercial); `dpt-hybrid-midas` is the MiDaS the paper annotated with.
+- **Normals**: Marigold normals v1.1, 4 denoising steps per image; `from depth` needs no extra model but is
+  coarser. Colours follow ControlNet 1.1 (red = facing left, green = up, blue = towards the camera), the
+  convention ControlNet-Union's *normal* type reads.
+"""
+
+PUBLIC_STAGE2_NOTE = """## Stage 2: settings
+- **ControlNet-Union SDXL** must be xinsir's **ProMax** file (`diffusion_pytorch_model_promax.safetensors`,
+  saved as `controlnet-union-sdxl-1.0.safetensors`): the 6-type file has no *tile*, which I_ir needs. Each
+  prior is one pass of the union with its own type and strength, the residuals added up.
+- **Strengths**: I_ir (tile) 1.0, pose, depth and normal 0.5: starting points, not tuned values (four
+  union passes at 1.0 each over-constrain SDXL more than one trained multi-prior ControlNet does). 0 leaves a
+  prior out.
+- **IP-Adapter Plus XL** on I_ir carries its colours: `weight` 0.6; higher follows I_ir's colours (and its
+  blur) more closely.
+- **Sampler**: **DDPM, 200 steps** as the paper's stage 2 (KSampler `ddpm` + `ddim_uniform`); `dpmpp_2m` +
+  `karras` at 30 steps is several times faster. cfg 5.0.
+"""
+
+
+def public_workflow(object_info: dict) -> Workflow:
+    nodes = stage0_nodes(keep_llava_loaded=False) + [
+        Node(8, "DiffBodyDepthNormalEstimator", (760, 0), (360, 230), "Depth & normal priors (public estimators)",
+             {"depth_model": "Depth-Anything-V2-Small-hf", "normal_source": "marigold-normals-v1-1",
+              "marigold_steps": 4, "seed": 0, "auto_download": False}, {"image": (3, 0)}),
+        Node(15, "PreviewImage", (760, 280), (360, 300), "I_depth", links={"images": (8, 0)}),
+        Node(16, "PreviewImage", (760, 630), (360, 300), "I_normal", links={"images": (8, 1)}),
+        Node(30, "CheckpointLoaderSimple", (1180, 0), (360, 98), "SDXL base (stage 2)",
+             {"ckpt_name": "sd_xl_base_1.0.safetensors"}),
+        Node(31, "CLIPTextEncode", (1180, 150), (360, 100), "Stage 2 positive: caption p", {"text": ""},
+             {"text": (5, 0), "clip": (30, 1)}),
+        Node(32, "CLIPTextEncode", (1180, 300), (360, 130), "Stage 2 negative", {"text": ""}, {"clip": (30, 1)}),
+        Node(33, "ControlNetLoader", (1180, 480), (360, 58), "ControlNet-Union SDXL (ProMax)",
+             {"control_net_name": "controlnet-union-sdxl-1.0.safetensors"}),
+        Node(35, "DiffBodyColourAdapterLoader", (1180, 590), (360, 82), "IP-Adapter Plus XL (colour adapter)",
+             {"adapter_name": "ip-adapter-plus_sdxl_vit-h.safetensors", "auto_download": False}),
+        Node(36, "CLIPVisionLoader", (1180, 720), (360, 58), "CLIP ViT-H (IP-Adapter's image encoder)",
+             {"clip_name": "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors"}),
+        Node(38, "GetImageSize", (1180, 830), (240, 100), "Size of I_ir", links={"image": (3, 0)}),
+        Node(39, "EmptyLatentImage", (1180, 980), (300, 106), "Latent of I_ir's size",
+             {"width": 512, "height": 512, "batch_size": 1},
+             {"width": (38, 0), "height": (38, 1), "batch_size": (38, 2)}),
+        Node(34, "DiffBodyApplyMultiPriorControlNet", (1590, 0), (340, 430),
+             "Union priors: a1 I_ir (tile), a2 pose, a3 depth, a4 normal",
+             {"image_strength": 1.0, "pose_strength": 0.5, "depth_strength": 0.5, "normal_strength": 0.5,
+              "strength": 1.0, "start_percent": 0.0, "end_percent": 1.0},
+             {"positive": (31, 0), "negative": (32, 0), "control_net": (33, 0), "image": (3, 0), "pose": (4, 0),
+              "depth": (8, 0), "normal": (8, 1)}),
+        Node(37, "DiffBodyApplyColourAdapter", (1590, 480), (340, 190), "IP-Adapter Plus XL on I_ir",
+             {"weight": 0.6, "start_percent": 0.0, "end_percent": 1.0},
+             {"model": (30, 0), "colour_adapter": (35, 0), "clip_vision": (36, 0), "image": (3, 0)}),
+        Node(40, "KSampler", (1980, 0), (320, 262), "Stage 2 sampler (DDPM, 200 steps)",
+             {"seed": 0, "steps": 200, "cfg": 5.0, "sampler_name": "ddpm", "scheduler": "ddim_uniform",
+              "denoise": 1.0},
+             {"model": (37, 0), "positive": (34, 0), "negative": (34, 1), "latent_image": (39, 0)}),
+        Node(41, "VAEDecode", (1980, 320), (210, 46), "Decode (SDXL VAE)", links={"samples": (40, 0), "vae": (30, 2)}),
+        Node(42, "SaveImage", (2350, 0), (440, 480), "Restored photo", {"filename_prefix": "diffbody_public"},
+             {"images": (41, 0)}),
+        Node(43, "DiffBodyBeforeAfter", (2350, 530), (440, 480), "Before / after", links={"before": (1, 0),
+                                                                                          "after": (41, 0)}),
+    ]
+    notes = [
+        Node(90, "MarkdownNote", (0, -600), (760, 540), "About this workflow",
+             text=PUBLIC_OVERVIEW.format(models=model_table(nodes, object_info))),
+        Node(91, "MarkdownNote", (0, 570), (320, 420), "Stage 0", text=PUBLIC_STAGE0_NOTE),
+        Node(92, "MarkdownNote", (760, 980), (360, 330), "Depth & normal priors", text=ESTIMATOR_NOTE),
+        Node(93, "MarkdownNote", (1590, 720), (340, 560), "Stage 2 settings", text=PUBLIC_STAGE2_NOTE),
+        Node(94, "MarkdownNote", (1980, 420), (320, 480), "Stage 2 latent size", text=LATENT_NOTE),
+    ]
+    groups = [
+        Group("Stage 0: SwinIR cleanup (I_ir), pose (I_pose), caption (p)", (1, 2, 3, 4, 5, 91), "#3f789e"),
+        Group("Depth & normal priors from public estimators (instead of stage 1)", (8, 15, 16, 92), "#8A8"),
+        Group("Stage 2: SDXL + ControlNet-Union + IP-Adapter Plus XL", (30, 31, 32, 33, 34, 35, 36, 37, 38, 39,
+                                                                        40, 41, 93, 94), "#a1309b"),
+        Group("Result", (42, 43), "#444"),
+    ]
+    return Workflow("diffbody_public", notes + nodes, groups)
+
+
+WORKFLOWS = (full_workflow, priors_workflow, public_workflow)
 
 
 # -- formats -------------------------------------------------------------------------------------------
