@@ -27,6 +27,7 @@ class BeforeAfter:
                    "the output folder (previews go to ComfyUI's temp folder).")
     CATEGORY = CATEGORY
     RETURN_TYPES = ()
+    OUTPUT_TOOLTIPS = ()
     FUNCTION = "compare"
     OUTPUT_NODE = True
 
