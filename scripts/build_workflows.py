@@ -12,7 +12,7 @@ order, which inputs are widgets, and its outputs) this writes:
   widgets_values follow the frontend's widget order: the required, then the optional widget inputs in
   /object_info order; an INT with `control_after_generate` (or named seed/noise_seed) is followed by its
   control value ("fixed"), an image-upload combo by its upload button's value ("image").
-- `workflows/<name>_api.json`: the API format of `POST /prompt` (node id as a string -> class_type,
+- `workflows/api/<name>_api.json`: the API format of `POST /prompt` (node id as a string -> class_type,
   inputs, _meta.title), the same ids, values and links. Notes exist only in the UI format.
 Unset widgets get the input's default from /object_info. Model-file inputs get a "models" property
 (name, url, folder) for public .safetensors files, which the frontend's missing-models dialog offers to
@@ -636,7 +636,7 @@ def render(object_info: dict) -> dict[str, str]:
     for build in WORKFLOWS:
         workflow = build(object_info)
         files[f"{workflow.name}.json"] = json.dumps(to_ui(workflow, object_info), indent=2) + "\n"
-        files[f"{workflow.name}_api.json"] = json.dumps(to_api(workflow, object_info), indent=2) + "\n"
+        files[f"api/{workflow.name}_api.json"] = json.dumps(to_api(workflow, object_info), indent=2) + "\n"
     return files
 
 

@@ -310,7 +310,7 @@ def run_and_check(frontend: FrontendPage, workflow_path: Path, api_prompt: dict,
 @pytest.mark.timeout(RUN_TIMEOUT_S + 600)
 @pytest.mark.parametrize("workflow_path", ui_workflows(), ids=lambda p: p.name)
 def test_ui_workflow_in_the_frontend(workflow_path, frontend, comfy_server, artifacts_dir, capsys):
-    api_path = workflow_path.with_name(workflow_path.stem + "_api.json")
+    api_path = workflow_path.parent / "api" / (workflow_path.stem + "_api.json")
     assert api_path.is_file(), f"{workflow_path.name} has no API-format twin {api_path.name}"
     workflow = json.loads(workflow_path.read_text())
     api_prompt = json.loads(api_path.read_text())
@@ -336,7 +336,7 @@ def test_comparison_view_in_nodes_2_0(frontend, comfy_server, artifacts_dir, cap
     """The default renderer of frontend 1.32.9 is the LiteGraph canvas (Comfy.VueNodes.Enabled is off
     by default; the test above runs there). Users who switch Nodes 2.0 on get the same view."""
     workflow_path = OWN_WORKFLOWS_DIR / "compare_small.json"
-    api_prompt = json.loads(workflow_path.with_name("compare_small_api.json").read_text())
+    api_prompt = json.loads((OWN_WORKFLOWS_DIR / "api" / "compare_small_api.json").read_text())
     provide_input_images(comfy_server, api_prompt)
     set_setting(comfy_server, "Comfy.VueNodes.Enabled", True)
     try:

@@ -11,7 +11,7 @@ from PIL import Image
 
 from comfy_harness import execution_error
 
-SMALL_WORKFLOW = Path(__file__).resolve().parent / "workflows" / "compare_small_api.json"
+SMALL_WORKFLOW = Path(__file__).resolve().parent / "workflows" / "api" / "compare_small_api.json"
 
 
 def small_compare_prompt() -> dict:

@@ -46,7 +46,7 @@ def run_ok(server, graph):
 
 
 def bundled_stage0_workflow(image: str) -> dict:
-    graph = json.loads((REPO_ROOT / "workflows" / "diffbody_stage0_api.json").read_text())
+    graph = json.loads((REPO_ROOT / "workflows" / "api" / "diffbody_stage0_api.json").read_text())
     graph["load"]["inputs"]["image"] = image
     return graph
 

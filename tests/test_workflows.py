@@ -23,11 +23,11 @@ from PIL import Image
 from comfy_harness import REPO_ROOT, execution_error
 from workflow_format import (FRONTEND_ONLY_TYPES, WorkflowFormatError, api_differences, nodes_in_group, ui_to_api,
                              ui_structure_problems)
-from workflow_tools import TEST_SUBSTITUTES, WORKFLOWS_DIR, load_workflow, with_test_stand_ins
+from workflow_tools import API_DIR, TEST_SUBSTITUTES, WORKFLOWS_DIR, load_workflow, with_test_stand_ins
 
 # Bundled before the UI format existed; diffbody_priors covers the same nodes in both formats.
 API_ONLY = {"diffbody_stage0_api.json"}
-API_FILES = sorted(p.name for p in WORKFLOWS_DIR.glob("*_api.json"))
+API_FILES = sorted(p.name for p in API_DIR.glob("*.json"))
 UI_FILES = sorted(p.name for p in WORKFLOWS_DIR.glob("*.json") if not p.name.endswith("_api.json"))
 PAIRS = [(ui, ui[:-len(".json")] + "_api.json") for ui in UI_FILES]
 TEST_STEPS = 2
@@ -67,9 +67,11 @@ def object_info(comfy_server):
 
 def test_every_bundled_workflow_comes_in_both_formats():
     assert {"diffbody_full.json", "diffbody_priors.json"} <= set(UI_FILES)
-    missing_api = [api for _, api in PAIRS if not (WORKFLOWS_DIR / api).exists()]
+    missing_api = [api for _, api in PAIRS if not (API_DIR / api).exists()]
     missing_ui = [api for api in API_FILES if api not in API_ONLY and api[:-len("_api.json")] + ".json" not in UI_FILES]
     assert not missing_api and not missing_ui, (missing_api, missing_ui)
+    # The template browser lists workflows/*.json and cannot open API files: they live in workflows/api/.
+    assert not list(WORKFLOWS_DIR.glob("*_api.json"))
     for name in UI_FILES:
         ui = load_workflow(name)
         assert ui.get("version") == 0.4 and ui["nodes"] and "links" in ui, name

@@ -14,6 +14,8 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 WORKFLOWS_DIR = REPO_ROOT / "workflows"
+# API twins sit in a subfolder: ComfyUI's template browser lists workflows/*.json and cannot open API files.
+API_DIR = WORKFLOWS_DIR / "api"
 
 # native class_type -> test-only class_type with the same inputs and outputs (filled in as stand-ins exist)
 TEST_SUBSTITUTES: dict[str, str] = {
@@ -31,5 +33,10 @@ def with_test_stand_ins(api_prompt: dict) -> dict:
     return prompt
 
 
+def workflow_path(name: str) -> Path:
+    """workflows/<name>.json (UI format) or workflows/api/<name>_api.json (API format)."""
+    return (API_DIR if name.endswith("_api.json") else WORKFLOWS_DIR) / name
+
+
 def load_workflow(name: str) -> dict:
-    return json.loads((WORKFLOWS_DIR / name).read_text())
+    return json.loads(workflow_path(name).read_text())
