@@ -52,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
                               "IP-Adapter Plus XL in stage 2 (an approximation from public parts)")
     restore.add_argument("--tiny", action="store_true",
                          help="plumbing check: generate tiny random weights and run on them (output is noise); "
-                              f"steps default to {TINY_STEPS} per stage")
+                              f"steps default to {TINY_STEPS} per stage, and every prior is saved (--save-priors) "
+                              "to show each stage ran")
     restore.add_argument("--download", action="store_true",
                          help="download missing model files that have a public source into the models folder")
     restore.add_argument("--stage0-only", action="store_true",
@@ -286,6 +287,7 @@ def restore(args) -> int:
     from .pipelines.restore import restore_images
 
     check_choices(args)
+    args.save_priors = args.save_priors or args.tiny
     image_paths = collect_images(args.inputs)
     with tempfile.TemporaryDirectory(prefix="diffbody-tiny-") as tiny_dir:
         if args.tiny:
