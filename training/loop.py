@@ -135,6 +135,29 @@ _HELP = {
 }
 
 
+# Neither the paper nor HumanSD states a rate; the samplers' classifier-free guidance needs some.
+DEFAULT_CAPTION_DROPOUT = 0.1
+
+
+def add_phase_arguments(parser: argparse.ArgumentParser, *, validation_schedulers: Sequence[str],
+                        validation_scheduler: str, validation_cfg: float) -> None:
+    """The options every phase has besides TrainConfig's: the data folder, caption dropout, the
+    overfitting switch, and the validation previews (each stage's sampler has its own schedulers)."""
+    parser.add_argument("--data_root", required=True,
+                        help="training folder (python -m comfyui_diffbody.training.prepare_data writes it)")
+    parser.add_argument("--caption_dropout", type=float, default=DEFAULT_CAPTION_DROPOUT,
+                        help="probability of training on the empty prompt (for classifier-free guidance)")
+    parser.add_argument("--fixed_noise", action="store_true",
+                        help="debugging: every item always gets the same noise, timestep, dropout and degradation "
+                             "(seeded by its id), to check that the pipeline can overfit a few images; never for "
+                             "real training")
+    parser.add_argument("--validation_count", type=int, default=2,
+                        help="dataset items previewed at each validation (0: none)")
+    parser.add_argument("--validation_sampler_steps", type=int, default=20)
+    parser.add_argument("--validation_scheduler", choices=tuple(validation_schedulers), default=validation_scheduler)
+    parser.add_argument("--validation_cfg", type=float, default=validation_cfg)
+
+
 def add_training_arguments(parser: argparse.ArgumentParser, *, learning_rate: float, train_batch_size: int,
                            max_steps: int) -> None:
     """Add every TrainConfig field to `parser` as `--<field>` with the phase's defaults for the three given."""

@@ -25,9 +25,9 @@ import torch
 
 from ..models.joint_unet import BRANCHES
 from ..pipelines.sd_components import SD21Components
+from .loop import add_phase_arguments
 
 BRANCH_SOURCES = {"depth": "depth", "normal": "normal", "rgb": "image"}  # branch -> dataset field
-DEFAULT_CAPTION_DROPOUT = 0.1
 PAPER_LEARNING_RATE = 1e-5  # section 4.2, both stage-1 phases
 PAPER_BATCH_PER_GPU = 8  # 64 in total on the paper's 8 GPUs
 PAPER_STEPS = 100_000
@@ -35,21 +35,10 @@ PAPER_STEPS = 100_000
 
 def add_stage1_arguments(parser: argparse.ArgumentParser) -> None:
     """Data, SD 2.1 parts, caption dropout and preview settings, common to both stage-1 phases."""
-    parser.add_argument("--data_root", required=True,
-                        help="training folder (python -m comfyui_diffbody.training.prepare_data writes it)")
+    add_phase_arguments(parser, validation_schedulers=("ddim", "dpmpp_2m", "ddpm"), validation_scheduler="ddim",
+                        validation_cfg=4.0)
     parser.add_argument("--pretrained_sd21", required=True,
                         help="Stable Diffusion 2.1-base diffusers folder: its VAE and text encoder are used frozen")
-    parser.add_argument("--caption_dropout", type=float, default=DEFAULT_CAPTION_DROPOUT,
-                        help="probability of training on the empty prompt (for classifier-free guidance)")
-    parser.add_argument("--fixed_noise", action="store_true",
-                        help="debugging: every item always gets the same noise, timestep, caption dropout and "
-                             "degradation (seeded by its id), to check that the pipeline can overfit a few images; "
-                             "never for real training")
-    parser.add_argument("--validation_count", type=int, default=2,
-                        help="dataset items previewed at each validation (0: none)")
-    parser.add_argument("--validation_sampler_steps", type=int, default=20)
-    parser.add_argument("--validation_scheduler", choices=("ddim", "dpmpp_2m", "ddpm"), default="ddim")
-    parser.add_argument("--validation_cfg", type=float, default=4.0)
 
 
 def load_frozen_sd21(folder: str) -> SD21Components:

@@ -35,8 +35,8 @@ import torch
 
 from ..models.multiprior_controlnet import PRIORS, MultiPriorControlNet
 from ..pipelines.sd_components import DiffusersVAE
+from .loop import add_phase_arguments
 
-DEFAULT_CAPTION_DROPOUT = 0.1
 NUM_TRAIN_TIMESTEPS = 1000
 
 Generators = torch.Generator | list[torch.Generator]
@@ -46,8 +46,7 @@ def add_stage2_arguments(parser: argparse.ArgumentParser) -> None:
     """Data, SDXL, SwinIR, priors, dropout and preview settings common to both stage-2 phases."""
     from ..pipelines.stage2 import SCHEDULERS
 
-    parser.add_argument("--data_root", required=True,
-                        help="training folder (python -m comfyui_diffbody.training.prepare_data writes it)")
+    add_phase_arguments(parser, validation_schedulers=SCHEDULERS, validation_scheduler="dpmpp_2m", validation_cfg=5.0)
     parser.add_argument("--pretrained_sdxl", required=True,
                         help="SDXL 1.0 base as a diffusers folder (unet/, vae/, text_encoder{,_2}/, tokenizer{,_2}/): "
                              "its UNet, VAE and text encoders are used frozen")
@@ -63,17 +62,6 @@ def add_stage2_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prior_strengths", type=float, nargs=len(PRIORS), default=[1.0] * len(PRIORS),
                         metavar=tuple(s.upper() for s in PRIORS),
                         help="a_1..a_4 of c_g for the image, pose, depth and normal priors (all non-zero)")
-    parser.add_argument("--caption_dropout", type=float, default=DEFAULT_CAPTION_DROPOUT,
-                        help="probability of training on the empty prompt (for classifier-free guidance)")
-    parser.add_argument("--fixed_noise", action="store_true",
-                        help="debugging: every item always gets the same noise, timestep, dropout and degradation "
-                             "(seeded by its id), to check that the pipeline can overfit a few images; never for "
-                             "real training")
-    parser.add_argument("--validation_count", type=int, default=2,
-                        help="dataset items previewed at each validation (0: none)")
-    parser.add_argument("--validation_sampler_steps", type=int, default=20)
-    parser.add_argument("--validation_scheduler", choices=SCHEDULERS, default="dpmpp_2m")
-    parser.add_argument("--validation_cfg", type=float, default=5.0)
 
 
 def prior_strengths(args: argparse.Namespace) -> dict[str, float]:
