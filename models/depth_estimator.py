@@ -15,14 +15,14 @@ depth prior (and ControlNet-Union's depth type) expects.
 from __future__ import annotations
 
 import glob
-import json
 import math
 import os
 
 import torch
 import torch.nn.functional as F
 
-from .files import KNOWN_FILES, MissingModelFile, WrongModelFile, missing_message
+from .files import (KNOWN_FILES, MissingModelFile, WrongModelFile, check_all_weights_loaded, missing_message,
+                    read_json_object)
 
 FOLDER = "diffbody_priors"
 MODEL_TYPES = ("depth_anything", "dpt")
@@ -49,7 +49,7 @@ class DepthEstimator:
         processor = AutoImageProcessor.from_pretrained(model_dir, local_files_only=True)
         model, info = AutoModelForDepthEstimation.from_pretrained(
             model_dir, local_files_only=True, use_safetensors=True, output_loading_info=True)
-        _check_all_weights_loaded(info, model_dir)
+        check_all_weights_loaded(info, model_dir, "depth network")
         return cls(model.to(device=device, dtype=dtype or torch.float32).eval(), processor)
 
     @property
@@ -108,7 +108,7 @@ def check_depth_folder(model_dir: str) -> None:
     name = os.path.basename(os.path.normpath(model_dir))
     if not os.path.isdir(model_dir):
         raise MissingModelFile(missing_message(name, FOLDER, [os.path.dirname(os.path.abspath(model_dir))]))
-    config = _read_json(os.path.join(model_dir, "config.json"))
+    config = read_json_object(os.path.join(model_dir, "config.json"))
     if config is None or config.get("model_type") not in MODEL_TYPES:
         found = "no readable config.json" if config is None else f"model_type {config.get('model_type')!r}"
         raise WrongModelFile(
@@ -129,25 +129,5 @@ def check_depth_folder(model_dir: str) -> None:
                            f"(an interrupted download?). Download it again from {source}.")
 
 
-def _check_all_weights_loaded(info: dict, model_dir: str) -> None:
-    """transformers fills weights it could not find with random values and only warns: refuse that."""
-    missing = sorted(info.get("missing_keys", ()))
-    mismatched = sorted(str(k[0]) for k in info.get("mismatched_keys", ()))
-    if missing or mismatched:
-        names = ", ".join((missing + mismatched)[:5])
-        raise WrongModelFile(
-            f"DiffBody: the weights in '{model_dir}' do not fit the depth network its config.json describes "
-            f"({len(missing)} missing, {len(mismatched)} of another shape; e.g. {names}).")
-
-
 def _module_bytes(module: torch.nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in list(module.parameters()) + list(module.buffers()))
-
-
-def _read_json(path: str) -> dict | None:
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None

@@ -18,7 +18,7 @@ import os
 
 import torch
 
-from .files import MissingDependency, MissingModelFile, WrongModelFile, missing_message
+from .files import MissingDependency, MissingModelFile, WrongModelFile, check_all_weights_loaded, missing_message
 
 DTYPES = ("auto", "float16", "bfloat16", "float32")
 QUANTIZATIONS = ("none", "8bit", "4bit")
@@ -51,7 +51,7 @@ def load_llava(model_dir: str, *, dtype: str = "auto", quantization: str = "none
         # bitsandbytes quantizes while placing the weights, so they must land on the GPU directly.
         kwargs["device_map"] = {"": target.index if target.index is not None else torch.cuda.current_device()}
     model, info = LlavaForConditionalGeneration.from_pretrained(model_dir, **kwargs)
-    _check_all_weights_loaded(info, model_dir)
+    check_all_weights_loaded(info, model_dir, "LLaVA network")
     if quantization == "none":
         model.to(target)
     return model.eval(), processor
@@ -136,17 +136,6 @@ def _check_weight_files(model_dir: str) -> None:
             f"DiffBody: the LLaVA folder '{model_dir}' only has pickled .bin weights; the pack loads "
             "safetensors only (pickles can run code). Download the safetensors files of llava-hf/llava-1.5-7b-hf.")
     raise MissingModelFile(f"DiffBody: the LLaVA folder '{model_dir}' has no .safetensors weights.")
-
-
-def _check_all_weights_loaded(info: dict, model_dir: str) -> None:
-    """transformers fills weights it could not find with random values and only warns: refuse that."""
-    missing = sorted(info.get("missing_keys", ()))
-    mismatched = sorted(str(k[0]) for k in info.get("mismatched_keys", ()))
-    if missing or mismatched:
-        names = ", ".join((missing + mismatched)[:5])
-        raise WrongModelFile(
-            f"DiffBody: the weights in '{model_dir}' do not fit the LLaVA network its config.json describes "
-            f"({len(missing)} missing, {len(mismatched)} of another shape; e.g. {names}).")
 
 
 def _dtype_argument_name() -> str:

@@ -13,13 +13,12 @@ colours (see pipelines/depth_normal.py) is the caller's job.
 from __future__ import annotations
 
 import glob
-import json
 import os
 from typing import Callable
 
 import torch
 
-from .files import MissingModelFile, WrongModelFile, missing_message
+from .files import MissingModelFile, WrongModelFile, missing_message, read_json_object
 
 FOLDER = "diffbody_priors"
 PIPELINE_CLASS = "MarigoldNormalsPipeline"
@@ -84,7 +83,7 @@ def check_normals_folder(model_dir: str) -> None:
     name = os.path.basename(os.path.normpath(model_dir))
     if not os.path.isdir(model_dir):
         raise MissingModelFile(missing_message(name, FOLDER, [os.path.dirname(os.path.abspath(model_dir))]))
-    index = _read_json(os.path.join(model_dir, "model_index.json"))
+    index = read_json_object(os.path.join(model_dir, "model_index.json"))
     if index is None or index.get("_class_name") != PIPELINE_CLASS:
         found = "no readable model_index.json" if index is None else f"_class_name {index.get('_class_name')!r}"
         raise WrongModelFile(
@@ -98,12 +97,3 @@ def check_normals_folder(model_dir: str) -> None:
         problems += [f"no .safetensors weights in {', '.join(unweighted)}"] if unweighted else []
         raise MissingModelFile(f"DiffBody: the Marigold folder '{model_dir}' is incomplete ({'; '.join(problems)}). "
                                "Download the whole folder from https://huggingface.co/prs-eth/marigold-normals-v1-1.")
-
-
-def _read_json(path: str) -> dict | None:
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
