@@ -161,24 +161,31 @@ def required_files(args) -> list[tuple[str, str]]:
 
 def resolve_files(args, models_dir: Path) -> dict[str, str]:
     """{file name: path}; with missing files, print each with where to get it and exit 2."""
+    return resolve_model_files(required_files(args), models_dir, download_missing=args.download,
+                               hint="--stage0-only runs stage 0 alone; ")
+
+
+def resolve_model_files(wanted, models_dir: Path, *, download_missing: bool, hint: str = "") -> dict[str, str]:
+    """{file name: path} for (file name, folder) pairs in a ComfyUI-style models folder, downloading the
+    public ones when asked; with missing files, print each with where to get it and exit 2. `hint` names
+    the caller's own way around a missing file, before the common ones."""
     from .models.files import KNOWN_FILES, default_dir, download, find_file, missing_message
 
     paths, missing = {}, []
-    for name, folder in required_files(args):
+    for name, folder in wanted:
         directory = default_dir(str(models_dir), folder)
         path = find_file(name, [directory])
-        if path is None and args.download and name in KNOWN_FILES and KNOWN_FILES[name].downloadable:
+        if path is None and download_missing and name in KNOWN_FILES and KNOWN_FILES[name].downloadable:
             path = download(name, directory)
         if path is None:
-            message = missing_message(name, folder, [directory], fetch_hint="Or pass --download to fetch it.")
-            missing.append(message)
+            missing.append(missing_message(name, folder, [directory], fetch_hint="Or pass --download to fetch it."))
         else:
             paths[name] = path
     if missing:
         print(f"Missing model files ({len(missing)}); models folder: {models_dir}\n", file=sys.stderr)
         print("\n\n".join(missing), file=sys.stderr)
-        print("\nPass --models-dir if your ComfyUI models folder is elsewhere; --stage0-only runs stage 0 alone; "
-              "--tiny runs a plumbing check on tiny random weights.", file=sys.stderr)
+        print(f"\nPass --models-dir if your ComfyUI models folder is elsewhere; {hint}--tiny runs a plumbing check "
+              "on tiny random weights.", file=sys.stderr)
         raise SystemExit(2)
     return paths
 

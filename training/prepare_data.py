@@ -241,30 +241,13 @@ def required_files(args) -> dict[str, tuple[str, str] | None]:
 
 
 def resolve_files(args, models_dir: Path) -> dict[str, str | None]:
-    """role -> path; with missing files, print each with where to get it and exit 2."""
-    from ..models.files import KNOWN_FILES, default_dir, download, find_file, missing_message
+    """role -> path (None: a role switched off); with missing files, print each with where to get it and exit 2."""
+    from ..cli import resolve_model_files
 
-    paths: dict[str, str | None] = {}
-    missing = []
-    for role, wanted in required_files(args).items():
-        if wanted is None:
-            paths[role] = None
-            continue
-        name, folder = wanted
-        directory = default_dir(str(models_dir), folder)
-        path = find_file(name, [directory])
-        if path is None and args.download and name in KNOWN_FILES and KNOWN_FILES[name].downloadable:
-            path = download(name, directory)
-        if path is None:
-            missing.append(missing_message(name, folder, [directory], fetch_hint="Or pass --download to fetch it."))
-        paths[role] = path
-    if missing:
-        print(f"Missing model files ({len(missing)}); models folder: {models_dir}\n", file=sys.stderr)
-        print("\n\n".join(missing), file=sys.stderr)
-        print("\nPass --models-dir if your ComfyUI models folder is elsewhere; --tiny runs a plumbing check on "
-              "tiny random weights.", file=sys.stderr)
-        raise SystemExit(2)
-    return paths
+    wanted = required_files(args)
+    found = resolve_model_files([w for w in wanted.values() if w is not None], models_dir,
+                                download_missing=args.download)
+    return {role: None if w is None else found[w[0]] for role, w in wanted.items()}
 
 
 # -- command line ---------------------------------------------------------------------------------------
