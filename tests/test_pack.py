@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import shutil
 import subprocess
 import sys
 
@@ -66,3 +68,22 @@ def test_every_input_has_a_tooltip(monkeypatch):
         for section in cls.INPUT_TYPES().values():
             for input_name, spec in section.items():
                 assert len(spec) == 2 and spec[1].get("tooltip"), f"{name}.{input_name} has no tooltip"
+
+
+@pytest.mark.parametrize("folder", ["ComfyUI-DiffBody", "ComfyUI-DiffBody-main", "ComfyUI DiffBody v1.2"])
+def test_test_command_runs_in_any_clone_folder(folder, tmp_path):
+    """The README clones into `ComfyUI-DiffBody`, which is no Python identifier: pytest must not try
+    to import the repository root as a package named after its folder (testing/pytest_plugin.py)."""
+    clone = tmp_path / folder
+    shutil.copytree(REPO_ROOT, clone, symlinks=True, ignore=shutil.ignore_patterns(
+        ".git", "__pycache__", ".pytest_cache", "*.egg-info", "test-artifacts", "diffbody-output"))
+    # `comfyui_diffbody` must resolve to the copy (not this checkout's editable install), so the copy's
+    # own pytest configuration and plugin are what is tested.
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "comfyui_diffbody").symlink_to(clone, target_is_directory=True)
+    env = dict(os.environ, PYTHONPATH=str(site))
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_image.py"],
+                         cwd=clone, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert " passed" in run.stdout and "error" not in run.stdout.lower(), run.stdout[-3000:]
