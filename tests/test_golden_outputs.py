@@ -1,0 +1,260 @@
+"""Golden outputs: what every pipeline, the command line and every bundled workflow produce today on the
+tiny weights, with fixed seeds, kept under tests/golden/ so a refactor can prove it changed nothing
+(issue 15: "no behaviour change, outputs bit-equal").
+
+Each case compares the current code against its stored data and prints one line, `GOLDEN <case>:
+bit-identical` or `GOLDEN <case>: max |diff| <d>`, so a run with `-s` measures "bit-equal" directly.
+Tolerances: float outputs `atol 1e-5, rtol 0`; uint8 images max abs difference 1; text exactly.
+
+Data: float32 tensors in .npz, images as PNG (compared decoded, as uint8 arrays), captions and pose
+keypoints as text. tests/golden/formats/ holds the pack's own weight files written by the save functions
+of the format_version they were made with; tests/golden/workflows/ the bundled UI workflows as they were.
+
+Regenerate (only when an output is meant to change, and say why in the commit):
+    DIFFBODY_UPDATE_GOLDEN=1 $PY -m pytest tests/test_golden_outputs.py
+Add `-m "not server"` / `-m server` to refresh one half. The format files are written only when
+missing (delete them to rewrite them: they stand for files users already have).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from comfy_harness import REPO_ROOT, execution_error
+from conftest import person_photo
+from workflow_tools import API_DIR, WORKFLOWS_DIR, load_workflow
+
+# -- names a refactor may move: the one place to fix when they do ------------------------------------------
+from comfyui_diffbody.models.colour_adapter import ColourAdapter, ColourAdapterConfig, load_colour_adapter
+from comfyui_diffbody.models.joint_unet import JointUNet, JointUNetConfig
+from comfyui_diffbody.models.multiprior_controlnet import MultiPriorControlNet, MultiPriorControlNetConfig
+from comfyui_diffbody.models.stage1_controlnet import Stage1ControlNet
+from comfyui_diffbody.models.stage1_weights import (load_stage1_controlnet, load_stage1_unet, save_stage1_controlnet,
+                                                    save_stage1_unet)
+from comfyui_diffbody.models.stage2_weights import load_multiprior, save_colour_adapter, save_multiprior
+from comfyui_diffbody.models.swinir import load_swinir
+from comfyui_diffbody.models.union_controlnet import load_union_controlnet
+from comfyui_diffbody.pipelines.caption import LlavaCaptioner
+from comfyui_diffbody.pipelines.cleanup import clean_images
+from comfyui_diffbody.pipelines.depth_normal import load_depth_normal_estimator
+from comfyui_diffbody.pipelines.pose.backends import make_estimator
+from comfyui_diffbody.pipelines.sd_components import load_sd21_components
+from comfyui_diffbody.pipelines.stage0 import Stage0Options, run_stage0
+from comfyui_diffbody.pipelines.stage1 import SCHEDULERS as STAGE1_SCHEDULERS
+from comfyui_diffbody.pipelines.stage1 import Stage1Pipeline
+from comfyui_diffbody.pipelines.stage2 import SCHEDULERS as STAGE2_SCHEDULERS
+from comfyui_diffbody.pipelines.stage2 import (Stage2Pipeline, Stage2Settings, UnionPriorControl, load_clip_vision,
+                                               load_sdxl_parts)
+from comfyui_diffbody.testing.tiny.stage2 import tiny_clip_vision_kwargs
+from comfyui_diffbody.testing.tiny.union import tiny_union_config
+from test_workflows import runnable  # exactly how tests/test_workflows.py prepares a bundled workflow
+# ----------------------------------------------------------------------------------------------------------
+
+GOLDEN = Path(__file__).resolve().parent / "golden"
+UPDATE = os.environ.get("DIFFBODY_UPDATE_GOLDEN") == "1"
+FLOAT_ATOL = 1e-5
+UINT8_TOLERANCE = 1
+SIZE = 64  # px: the smallest stage-1 canvas, and a multiple of the tiny SDXL's 32
+STEPS = 2
+PROMPT = "a photo of a person"
+
+
+# -- comparing and recording ---------------------------------------------------------------------------------
+
+def report(case: str, max_diff: float) -> None:
+    print(f"GOLDEN {case}: " + ("bit-identical" if max_diff == 0 else f"max |diff| {max_diff:.3g}"))
+
+
+def check_floats(case: str, arrays: dict[str, torch.Tensor]) -> None:
+    """Float tensors against tests/golden/<case>.npz (float32)."""
+    path = GOLDEN / f"{case}.npz"
+    produced = {k: v.detach().float().cpu().numpy() for k, v in arrays.items()}
+    if UPDATE:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(path, **produced)
+    with np.load(path) as stored:
+        assert sorted(stored.files) == sorted(produced), case
+        diffs = []
+        for key, value in produced.items():
+            assert value.shape == stored[key].shape, (case, key, value.shape, stored[key].shape)
+            diffs.append(float(np.abs(value - stored[key]).max()) if value.size else 0.0)
+            np.testing.assert_allclose(value, stored[key], atol=FLOAT_ATOL, rtol=0, err_msg=f"{case}/{key}")
+    report(case, max(diffs))
+
+
+def check_image(case: str, image: np.ndarray | Path) -> None:
+    """An HxWx3 uint8 image (or a PNG file) against tests/golden/<case>.png."""
+    path = GOLDEN / f"{case}.png"
+    array = read_png(image) if isinstance(image, Path) else image
+    if UPDATE:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(array).save(path)
+    stored = read_png(path)
+    assert array.shape == stored.shape, (case, array.shape, stored.shape)
+    diff = int(np.abs(array.astype(np.int16) - stored.astype(np.int16)).max())
+    report(case, diff)
+    assert diff <= UINT8_TOLERANCE, f"{case}: max |diff| {diff}"
+
+
+def check_text(case: str, text: str, suffix: str = ".txt") -> None:
+    path = GOLDEN / f"{case}{suffix}"
+    if UPDATE:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    same = path.read_text(encoding="utf-8") == text
+    print(f"GOLDEN {case}: " + ("identical text" if same else "TEXT DIFFERS"))
+    assert same, f"{case}: {text!r} != {path.read_text(encoding='utf-8')!r}"
+
+
+def read_png(path: Path) -> np.ndarray:
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+def to_uint8(chw: torch.Tensor) -> np.ndarray:
+    """(3,H,W) float in 0..1 -> HxWx3 uint8, rounded (not pipelines.image's, which may move)."""
+    return (chw.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+
+
+# -- inputs ------------------------------------------------------------------------------------------------
+
+def photo(size: int = SIZE) -> torch.Tensor:
+    """(1,3,size,size) float in 0..1: the astronaut (tests/conftest.py's person_photo), resized."""
+    image = Image.fromarray(person_photo()).resize((size, size), Image.BICUBIC)
+    return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)[None].float() / 255
+
+
+def synthetic_pose(size: int = SIZE) -> torch.Tensor:
+    """A fixed skeleton-like prior: two coloured limbs on black."""
+    pose = torch.zeros(1, 3, size, size)
+    pose[:, 0, size // 4: 3 * size // 4, size // 2 - 1: size // 2 + 1] = 0.6
+    pose[:, 1, size // 3 - 1: size // 3 + 1, size // 4: 3 * size // 4] = 0.6
+    return pose
+
+
+def stage2_priors() -> dict[str, torch.Tensor]:
+    image = photo()
+    grey = image.mean(dim=1, keepdim=True).expand(-1, 3, -1, -1)
+    return {"image": image, "pose": synthetic_pose(), "depth": grey.contiguous(), "normal": image.flip(-1)}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # Fewer float-reduction orders to depend on, and the tiny models run faster on two shared cores.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def models(tiny_models_dir) -> Path:
+    return Path(tiny_models_dir)
+
+
+# -- stage 0 -----------------------------------------------------------------------------------------------
+
+def test_stage0_cleanup_pose_and_caption(models):
+    """run_stage0 as the command line drives it: SwinIR (DiffBIR v1 layout), DWPose, LLaVA."""
+    swinir = load_swinir(str(models / "upscale_models" / "general_swinir_v1.ckpt"))
+    pose_dir = models / "diffbody" / "pose"
+    estimator = make_estimator("dwpose", {"det": str(pose_dir / "yolox_l.onnx"),
+                                          "pose": str(pose_dir / "dw-ll_ucoco_384.onnx")}, device="cpu")
+    captioner = LlavaCaptioner.load(str(models / "LLM" / "llava-1.5-7b-hf"))
+    out = run_stage0(photo(), swinir=swinir, pose_estimator=estimator, captioner=captioner,
+                     options=Stage0Options(max_new_tokens=16, seed=3), device=torch.device("cpu"))
+    check_floats("stage0_cleaned", {"cleaned": out.cleaned})
+    check_image("stage0_pose", to_uint8(out.pose_images[0]))
+    check_text("stage0_keypoints", json.dumps(out.keypoints, indent=1, sort_keys=True), ".json")
+    check_text("stage0_caption", "\n".join(out.captions))
+
+
+def test_cleanup_with_the_diffbir_v2_swinir_and_upscale(models):
+    swinir = load_swinir(str(models / "upscale_models" / "realesrgan_s4_swinir_100k.pth"))
+    check_floats("cleanup_v2_upscale1.5", {"cleaned": clean_images(swinir, photo(48), upscale=1.5)})
+
+
+@pytest.mark.parametrize("normal_source", ["marigold", "from_depth"])
+def test_depth_and_normal_estimators(models, normal_source):
+    priors = models / "diffbody" / "priors"
+    normals = str(priors / "tiny-marigold-normals") if normal_source == "marigold" else None
+    estimator = load_depth_normal_estimator(str(priors / "tiny-depth-anything"), normals, normal_steps=2, seed=5)
+    depth, normal = estimator.estimate(photo())
+    check_floats(f"depth_normal_{normal_source}", {"depth": depth, "normal": normal})
+
+
+# -- stage 1 -----------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def stage1_parts(models):
+    components = load_sd21_components(str(models / "diffusers" / "tiny-sd21"))
+    unet = load_stage1_unet(str(models / "diffbody" / "diffbody_stage1_unet.safetensors"))
+    controlnet = load_stage1_controlnet(str(models / "diffbody" / "diffbody_stage1_controlnet.safetensors"))
+    return components, unet, controlnet
+
+
+STAGE1_CASES = [(name, 7.5, True) for name in STAGE1_SCHEDULERS] + [("ddim", 1.0, True), ("ddpm", 7.5, False)]
+
+
+@pytest.mark.parametrize("scheduler,cfg,with_controlnet", STAGE1_CASES)
+def test_stage1_pipeline(stage1_parts, scheduler, cfg, with_controlnet):
+    components, unet, controlnet = stage1_parts
+    pipe = Stage1Pipeline(unet, controlnet if with_controlnet else None, components.vae, components.text_encoder)
+    out = pipe(photo(), synthetic_pose(), [PROMPT], "blurry", steps=STEPS, scheduler=scheduler, cfg=cfg, seed=7,
+               size_mode="native")
+    case = f"stage1_{scheduler}_cfg{cfg:g}_{'controlnet' if with_controlnet else 'no_controlnet'}"
+    check_floats(case, {"rgb": out.rgb, "depth": out.depth, "normal": out.normal})
+
+
+# -- stage 2 -----------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def sdxl_parts(models):
+    unet, vae, text_encoders = load_sdxl_parts(str(models / "diffusers" / "tiny-sdxl"))
+    image_encoder = load_clip_vision(str(models / "clip_vision" / "tiny_clip_vision.safetensors"),
+                                     config=tiny_clip_vision_kwargs())
+    return unet, vae, text_encoders, image_encoder
+
+
+@pytest.fixture(scope="module")
+def diffbody_stage2(models, sdxl_parts):
+    """DiffBody's stage 2: the multi-prior ControlNet and the colour adapter."""
+    unet, vae, text_encoders, image_encoder = sdxl_parts
+    controlnet = load_multiprior(str(models / "diffbody" / "diffbody_stage2_controlnet.safetensors"))
+    adapter = load_colour_adapter(str(models / "ipadapter" / "diffbody_colour_adapter.safetensors"), unet.config)
+    return Stage2Pipeline(unet, vae, text_encoders, controlnet, adapter, image_encoder)
+
+
+STAGE2_CASES = [(name, 5.0) for name in STAGE2_SCHEDULERS] + [("dpmpp_2m", 1.0)]
+
+
+@pytest.mark.parametrize("scheduler,cfg", STAGE2_CASES)
+def test_stage2_pipeline_multiprior_and_colour_adapter(diffbody_stage2, scheduler, cfg):
+    settings = Stage2Settings(prompt=PROMPT, negative_prompt="blurry", scheduler=scheduler, steps=STEPS, cfg=cfg,
+                              seed=11, strengths={"image": 1.0, "pose": 0.8, "depth": 0.6, "normal": 0.4},
+                              adapter_weight=0.7)
+    restored = diffbody_stage2(stage2_priors(), photo().flip(-2), settings)
+    check_floats(f"stage2_{scheduler}_cfg{cfg:g}", {"restored": restored})
+
+
+@pytest.mark.parametrize("cfg", [5.0, 1.0])
+def test_stage2_public_union_mode(models, sdxl_parts, cfg):
+    """The public-weights mode: ControlNet-Union SDXL (UnionPriorControl) + IP-Adapter Plus XL."""
+    unet, vae, text_encoders, image_encoder = sdxl_parts
+    union = UnionPriorControl(load_union_controlnet(
+        str(models / "controlnet" / "controlnet-union-sdxl-1.0.safetensors"), config=tiny_union_config()))
+    adapter = load_colour_adapter(str(models / "ipadapter" / "ip-adapter-plus_sdxl_vit-h.safetensors"), unet.config)
+    pipe = Stage2Pipeline(unet, vae, text_encoders, union, adapter, image_encoder)
+    settings = Stage2Settings(prompt=PROMPT, scheduler="ddpm", steps=STEPS, cfg=cfg, seed=13,
+                              strengths={"image": 1.0, "pose": 0.9, "depth": 0.7, "normal": 0.5})
+    priors = stage2_priors()
+    check_floats(f"stage2_union_cfg{cfg:g}", {"restored": pipe(priors, priors["image"], settings)})
