@@ -258,3 +258,96 @@ def test_stage2_public_union_mode(models, sdxl_parts, cfg):
                               strengths={"image": 1.0, "pose": 0.9, "depth": 0.7, "normal": 0.5})
     priors = stage2_priors()
     check_floats(f"stage2_union_cfg{cfg:g}", {"restored": pipe(priors, priors["image"], settings)})
+
+
+# -- the command line --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("mode", ["diffbody", "public"])
+def test_command_line_tiny_restore(tmp_path, mode):
+    """`python -m comfyui_diffbody restore --tiny` as tests/test_cli.py drives it; every file it saves."""
+    source = tmp_path / "person.png"
+    Image.fromarray(to_uint8(photo()[0])).save(source)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # as in-process above: one float-reduction order
+    run = subprocess.run([sys.executable, "-m", "comfyui_diffbody", "restore", str(source), "--tiny", "--mode", mode,
+                          "--size-mode", "native", "--seed", "3", "--out", str(tmp_path / "out")],
+                         capture_output=True, text=True, cwd=tmp_path, timeout=600, env=env)
+    assert run.returncode == 0, run.stderr[-3000:]
+    saved = sorted((tmp_path / "out").iterdir())
+    expected = {"diffbody": ["caption.txt", "depth.png", "ir.png", "normal.png", "pose.json", "pose.png",
+                             "recaption.txt", "restored.png", "stage1.png"],
+                "public": ["caption.txt", "depth.png", "ir.png", "normal.png", "pose.json", "pose.png",
+                           "restored.png"]}[mode]
+    assert [path.name.removeprefix("person_") for path in saved] == expected
+    for path in saved:
+        name = path.name.removeprefix("person_")
+        if path.suffix == ".png":
+            check_image(f"cli_{mode}_{name.removesuffix('.png')}", path)
+        else:
+            check_text(f"cli_{mode}_{name}", path.read_text(encoding="utf-8"), suffix="")
+
+
+# -- files in today's format -------------------------------------------------------------------------------
+
+FORMATS = GOLDEN / "formats"
+FORMAT_VERSION = "1"  # what the files below were written in (their safetensors metadata says so)
+# Micro networks (the factory's tiny ones are 1.6-12 MB): a two-level joint UNet and an SDXL-layout UNet
+# config of three levels, for the multi-prior ControlNet and the colour adapter.
+MICRO_JOINT_UNET = dict(block_out_channels=(8, 16), attention_head_dim=(1, 2), cross_attention_dim=8,
+                        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), layers_per_block=1, norm_num_groups=4,
+                        sample_size=8)
+MICRO_SDXL_UNET = {
+    "sample_size": 8, "in_channels": 4, "out_channels": 4, "layers_per_block": 1,
+    "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+    "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+    "block_out_channels": [8, 16, 16], "transformer_layers_per_block": [1, 1, 1], "attention_head_dim": [1, 1, 1],
+    "cross_attention_dim": 16, "use_linear_projection": True, "addition_embed_type": "text_time",
+    "addition_time_embed_dim": 256, "projection_class_embeddings_input_dim": 8 + 6 * 256, "norm_num_groups": 4,
+}
+
+
+def randomised(module: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """Every parameter drawn from one seeded stream, so no tensor is a default zero or one."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in module.parameters():
+            param.copy_(torch.randn(param.shape, generator=generator) * 0.05)
+    return module.eval()
+
+
+def format_models() -> dict[str, tuple[torch.nn.Module, object, object]]:
+    """file name -> (the network as built today, its save function, a loader of the file)."""
+    unet = randomised(JointUNet(JointUNetConfig(**MICRO_JOINT_UNET)), 0)
+    multiprior_config = MultiPriorControlNetConfig.from_unet_config(
+        MICRO_SDXL_UNET, conditioning_embedding_out_channels=(4, 4, 8, 8))
+    adapter_config = ColourAdapterConfig.for_unet(MICRO_SDXL_UNET, dim=16, depth=4, dim_head=64, heads=1,
+                                                  num_queries=4, embedding_dim=8, output_dim=16, ff_mult=4)
+    return {
+        "diffbody_stage1_unet.safetensors": (unet, save_stage1_unet, load_stage1_unet),
+        "diffbody_stage1_controlnet.safetensors": (randomised(Stage1ControlNet.from_unet(unet), 1),
+                                                   save_stage1_controlnet, load_stage1_controlnet),
+        "diffbody_stage2_controlnet.safetensors": (randomised(MultiPriorControlNet(multiprior_config), 2),
+                                                   save_multiprior, load_multiprior),
+        "diffbody_colour_adapter.safetensors": (randomised(ColourAdapter(adapter_config), 3), save_colour_adapter,
+                                                lambda path: load_colour_adapter(path, MICRO_SDXL_UNET)),
+    }
+
+
+@pytest.mark.parametrize("name", list(format_models()))
+def test_files_in_todays_format_still_load(name):
+    """Files written by the save functions of format_version 1 load through today's public loaders, every
+    tensor equal to the network they were written from (rebuilt here from the same seed)."""
+    from safetensors import safe_open
+
+    model, save, load = format_models()[name]
+    path = FORMATS / name
+    if UPDATE and not path.exists():
+        save(model, str(path))
+    assert path.stat().st_size < 500_000, name
+    with safe_open(str(path), framework="pt") as f:
+        assert (f.metadata() or {}).get("format_version") == FORMAT_VERSION, name
+    written, loaded = model.state_dict(), load(str(path)).state_dict()
+    assert list(loaded) == list(written), name
+    for key, tensor in written.items():
+        assert loaded[key].dtype == tensor.dtype and torch.equal(loaded[key], tensor), (name, key)
+    report(f"format {name}", 0.0)
