@@ -18,6 +18,7 @@ missing (delete them to rewrite them: they stand for files users already have).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -351,3 +352,73 @@ def test_files_in_todays_format_still_load(name):
     for key, tensor in written.items():
         assert loaded[key].dtype == tensor.dtype and torch.equal(loaded[key], tensor), (name, key)
     report(f"format {name}", 0.0)
+
+
+# -- the bundled workflows ---------------------------------------------------------------------------------
+
+GOLDEN_WORKFLOWS = GOLDEN / "workflows"  # copies of workflows/*.json and workflows/api/*_api.json as they were
+GOLDEN_API_FILES = sorted(p.name for p in (GOLDEN_WORKFLOWS / "api").glob("*_api.json"))
+
+
+def test_bundled_workflows_are_the_golden_copies():
+    """Every bundled workflow file, byte for byte, is today's (the generated ones are also checked against
+    the generator below; diffbody_stage0_api.json is hand-written)."""
+    bundled = sorted(p.relative_to(WORKFLOWS_DIR).as_posix() for p in [*WORKFLOWS_DIR.glob("*.json"),
+                                                                         *API_DIR.glob("*.json")])
+    copies = sorted(p.relative_to(GOLDEN_WORKFLOWS).as_posix() for p in GOLDEN_WORKFLOWS.rglob("*.json"))
+    assert bundled == copies
+    for name in copies:
+        assert (WORKFLOWS_DIR / name).read_bytes() == (GOLDEN_WORKFLOWS / name).read_bytes(), name
+
+
+def test_workflow_generator_still_writes_the_golden_copies(comfy_server):
+    """scripts/build_workflows.py, against the live server's /object_info, renders today's files exactly."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("build_workflows", REPO_ROOT / "scripts" / "build_workflows.py")
+    builder = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = builder  # its dataclasses look their module up there
+    spec.loader.exec_module(builder)
+    rendered = builder.render(comfy_server.object_info())
+    assert rendered
+    for name, text in rendered.items():
+        assert (GOLDEN_WORKFLOWS / name).read_text() == text, name
+
+
+DIGESTS = GOLDEN / "workflow_image_digests.json"
+CROP = 128
+
+
+def check_large_image(case: str, image: np.ndarray) -> None:
+    """A workflow output (512 px of tiny-weight noise, ~600 KB as PNG: all of them would be ~10 MB): the
+    SHA-256 of its pixels proves it bit-identical; its central 128x128 crop, kept as PNG, gives the max
+    difference (and the uint8 tolerance) when it is not."""
+    digest = {"shape": list(image.shape), "sha256": hashlib.sha256(np.ascontiguousarray(image).tobytes()).hexdigest()}
+    if UPDATE:
+        stored = json.loads(DIGESTS.read_text()) if DIGESTS.exists() else {}
+        DIGESTS.write_text(json.dumps({**stored, case: digest}, indent=1, sort_keys=True) + "\n")
+    top, left = (image.shape[0] - CROP) // 2, (image.shape[1] - CROP) // 2
+    check_image(f"{case}_centre", image[top:top + CROP, left:left + CROP])
+    expected = json.loads(DIGESTS.read_text())[case]
+    assert digest["shape"] == expected["shape"], (case, digest["shape"], expected["shape"])
+    print(f"GOLDEN {case}: " + ("whole image bit-identical" if digest == expected
+                                else "whole image NOT bit-identical (the centre's difference above)"))
+
+
+@pytest.mark.parametrize("api_name", GOLDEN_API_FILES)
+def test_workflow_outputs_on_tiny_weights(comfy_server, api_name):
+    """Every output of every bundled API workflow (the golden copy), run as tests/test_workflows.py runs it."""
+    prompt = runnable(json.loads((GOLDEN_WORKFLOWS / "api" / api_name).read_text()))
+    entry = comfy_server.run(prompt, timeout=900)
+    assert entry["status"]["status_str"] == "success", (execution_error(entry) or {}).get("exception_message")
+    stem = api_name.removesuffix("_api.json")
+    assert entry["outputs"]
+    for node_id, shown in sorted(entry["outputs"].items()):
+        images = list(shown.get("images", []))
+        images += [image for pair in shown.get("diffbody_compare", []) for image in pair.values()]
+        files = comfy_server.output_files({"outputs": {node_id: {"images": images}}})
+        for index, path in enumerate(files):
+            check_large_image(f"workflow_{stem}_{node_id}_{index}", read_png(path))
+        if "text" in shown:
+            check_text(f"workflow_{stem}_{node_id}", "\n".join(shown["text"]))
+        assert files or "text" in shown, (api_name, node_id, shown)
