@@ -233,7 +233,7 @@ def _load_stage2(models: ModelPaths, options: RestoreOptions):
     unet, vae, text_encoders = load_sdxl_parts(models.sdxl, device=device, dtype=dtype)
     if options.mode == "public":
         from ..models.union_controlnet import load_union_controlnet
-        from .stage2 import UnionPriorControl
+        from .union_control import UnionPriorControl
 
         controlnet = UnionPriorControl(load_union_controlnet(models.union_controlnet, device=device, dtype=dtype,
                                                              config=models.union_config))

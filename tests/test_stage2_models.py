@@ -23,8 +23,10 @@ from comfyui_diffbody.models.multiprior_controlnet import (PRIORS, SDXL_UNET_CON
 from comfyui_diffbody.models.stage2_weights import (diffusers_unet_to_ldm, ldm_unet_to_diffusers, load_multiprior,
                                                     multiprior_from_diffusers_controlnet, multiprior_from_sdxl_unet,
                                                     save_colour_adapter, save_multiprior)
-from comfyui_diffbody.pipelines.stage2 import (SCHEDULERS, Stage2Error, Stage2Pipeline, Stage2Settings, active_at,
-                                               colour_adapter_installed, load_clip_vision, load_sdxl_parts)
+from comfyui_diffbody.pipelines.colour_attention import colour_adapter_installed
+from comfyui_diffbody.pipelines.stage2 import (SCHEDULERS, Stage2Pipeline, Stage2Settings, active_at, load_clip_vision,
+                                               load_sdxl_parts)
+from comfyui_diffbody.pipelines.stage2_errors import Stage2Error
 from comfyui_diffbody.testing.tiny import stage2 as tiny
 
 SIZE = 64
@@ -567,7 +569,7 @@ from safetensors.torch import load_file
 from comfyui_diffbody.models.colour_adapter import comfy_attn2_locations, load_colour_adapter
 from comfyui_diffbody.models.multiprior_controlnet import SDXL_UNET_CONFIG, MultiPriorControlNet
 from comfyui_diffbody.models.stage2_weights import diffusers_unet_to_ldm, load_multiprior
-from comfyui_diffbody.pipelines.stage2 import colour_adapter_installed
+from comfyui_diffbody.pipelines.colour_attention import colour_adapter_installed
 from comfyui_diffbody.testing.tiny import stage2 as tiny
 
 out = {}
