@@ -5,9 +5,11 @@ Schedulers: "ddpm" (the paper's sampler; stochastic), "ddim" (eta 0, determinist
 (DPM-Solver++ 2M) and "euler" (EulerDiscrete), each built on the diffusers scheduler config of the model's
 training schedule (SD 2.1-base's for stage 1, SDXL 1.0's for stage 2). A stage may offer fewer of them.
 
-Timesteps: Stable Diffusion's "leading" spacing with steps_offset 1 asks for timestep 1000, one past the
-schedule, at 1000 steps; `scheduler_for_steps` switches such step counts to "trailing" spacing, which ends at
-999, so no UNet is ever asked for a timestep it was not trained on.
+Timesteps: Stable Diffusion's "leading" spacing with steps_offset 1 goes wrong at 1000 steps: DDPM, DDIM and
+Euler ask for timestep 1000, one past the schedule, and DPM-Solver's timesteps collapse to a single repeated
+one (its steps then run off its sigma table). `scheduler_for_steps` switches such step counts to "trailing"
+spacing, which ends at 999 with every timestep distinct, so no UNet is asked for a timestep it was not
+trained on.
 
 Seeds: item i of a batch uses its own CPU generator seeded seed + i, for its initial noise and its DDPM
 step noise, so an item's result does not depend on what else is in the batch, and a seed gives the same
@@ -58,10 +60,11 @@ def make_scheduler(name: str, schedule: Mapping[str, Any], *, choices: Sequence[
 def scheduler_for_steps(name: str, steps: int, schedule: Mapping[str, Any], *,
                         choices: Sequence[str] = SCHEDULERS, device=None):
     """`make_scheduler(name, schedule)` with its timesteps set for `steps`; a step count whose timesteps
-    would reach num_train_timesteps (the module doc's timestep guard) gets "trailing" spacing instead."""
+    would reach num_train_timesteps or repeat (the module doc's timestep guard) gets "trailing" spacing."""
     scheduler = make_scheduler(name, schedule, choices=choices)
     scheduler.set_timesteps(steps, device=device)
-    if int(scheduler.timesteps.max()) >= scheduler.config.num_train_timesteps:
+    timesteps = scheduler.timesteps
+    if int(timesteps.max()) >= scheduler.config.num_train_timesteps or len(timesteps.unique()) < len(timesteps):
         scheduler = make_scheduler(name, schedule, choices=choices, timestep_spacing="trailing", steps_offset=0)
         scheduler.set_timesteps(steps, device=device)
     return scheduler
