@@ -7,7 +7,7 @@ priors I_ir, I_pose, I_depth, I_normal (strengths a1..a4), the colour adapter on
 
 Public-weights mode (mode "public", no DiffBody weights): I_depth and I_normal come from public estimators
 run on I_ir (pipelines/depth_normal.py); stage 2 is SDXL with ControlNet-Union SDXL (each prior as its
-union control type, pipelines/stage2.py UnionPriorControl) and IP-Adapter Plus XL fed CLIP(I_ir), as
+union control type, pipelines/union_control.py) and IP-Adapter Plus XL fed CLIP(I_ir), as
 there is no I_res; the prompt is p. An approximation of DiffBody from public parts, not the paper's model.
 
 The work runs stage by stage over all images, loading each stage's networks when it starts and
