@@ -302,10 +302,11 @@ def diffusers_runner(unet, controlnet, inputs, size, scheduler, cfg):
     import torch
     from diffusers import StableDiffusionXLControlNetPipeline, StableDiffusionXLPipeline
 
-    from comfyui_diffbody.pipelines.stage2 import make_scheduler
+    from comfyui_diffbody.pipelines.sampling import make_scheduler
+    from comfyui_diffbody.pipelines.stage2 import SDXL_TRAINING_SCHEDULE
 
     parts = dict(vae=None, text_encoder=None, text_encoder_2=None, tokenizer=None, tokenizer_2=None, unet=unet,
-                 scheduler=make_scheduler(scheduler))
+                 scheduler=make_scheduler(scheduler, SDXL_TRAINING_SCHEDULE))
     if controlnet is None:
         pipeline = StableDiffusionXLPipeline(**parts, add_watermarker=False)
         extra = {}

@@ -7,7 +7,7 @@ priors I_ir, I_pose, I_depth, I_normal (strengths a1..a4), the colour adapter on
 
 Public-weights mode (mode "public", no DiffBody weights): I_depth and I_normal come from public estimators
 run on I_ir (pipelines/depth_normal.py); stage 2 is SDXL with ControlNet-Union SDXL (each prior as its
-union control type, pipelines/stage2.py UnionPriorControl) and IP-Adapter Plus XL fed CLIP(I_ir), as
+union control type, pipelines/union_control.py) and IP-Adapter Plus XL fed CLIP(I_ir), as
 there is no I_res; the prompt is p. An approximation of DiffBody from public parts, not the paper's model.
 
 The work runs stage by stage over all images, loading each stage's networks when it starts and
@@ -233,7 +233,7 @@ def _load_stage2(models: ModelPaths, options: RestoreOptions):
     unet, vae, text_encoders = load_sdxl_parts(models.sdxl, device=device, dtype=dtype)
     if options.mode == "public":
         from ..models.union_controlnet import load_union_controlnet
-        from .stage2 import UnionPriorControl
+        from .union_control import UnionPriorControl
 
         controlnet = UnionPriorControl(load_union_controlnet(models.union_controlnet, device=device, dtype=dtype,
                                                              config=models.union_config))

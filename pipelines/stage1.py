@@ -5,9 +5,9 @@ together by the joint UNet at ONE shared timestep; the pose latent c_p is concat
 branch's noisy latent; the caption c_t conditions through cross-attention; the ControlNet brings in
 c_r = E(I_ir). Inference in the paper: DDPM, 200 steps.
 
-Schedulers. SD 2.1-base's training schedule (its scheduler_config.json): 1000 steps, betas
-"scaled_linear" from 0.00085 to 0.012, epsilon prediction, set_alpha_to_one False, steps_offset 1,
-timestep_spacing "leading", no clipping. Every scheduler below is built on it:
+Schedulers (pipelines/sampling.py) on SD 2.1-base's training schedule (its scheduler_config.json): 1000
+steps, betas "scaled_linear" from 0.00085 to 0.012, epsilon prediction, steps_offset 1, timestep_spacing
+"leading". Stage 1 offers:
 - "ddpm": the paper's sampler; 200 steps by default (the paper's setting). Stochastic: each step adds
   fresh noise, drawn from the seeded per-item generators.
 - "ddim" (eta 0, deterministic) and "dpmpp_2m" (DPM-Solver++ 2M) for 20-50 steps.
@@ -22,15 +22,13 @@ item) gets its own independent noise. A scheduler whose step mixed elements woul
 branch; `tests/test_stage1_sampler.py` checks the stacked step against per-branch copies (DDIM and
 DPM-Solver++; DDPM's update is likewise element-wise, plus noise drawn for the whole tensor).
 
-Seeds: item i of a batch uses its own CPU generator seeded with seed + i, for its initial noise and
-its DDPM step noise, so an item's result does not depend on what else is in the batch, and a seed
-gives the same noise on every device.
+Seeds, the timestep guard for step counts near 1000 and the order of the guidance halves:
+pipelines/sampling.py, shared with stage 2.
 
 Guidance: classifier-free guidance on the caption only (pose, image latent and ControlNet are the
-same in both halves, as HumanSD does for the pose), the conditional and unconditional halves run as
-one doubled batch. Default scale 7.5: the paper does not state one; 7.5 is Stable Diffusion's usual
-default (diffusers' SD pipelines) and sits between SD 2's reference script (9) and lighter
-restoration settings; with cfg 1 the unconditional pass is skipped altogether.
+same in both halves, as HumanSD does for the pose). Default scale 7.5: the paper does not state one; 7.5
+is Stable Diffusion's usual default (diffusers' SD pipelines) and sits between SD 2's reference script (9)
+and lighter restoration settings.
 """
 
 from __future__ import annotations
@@ -46,7 +44,9 @@ from torch import nn
 from ..models.files import DiffBodyError
 from ..models.joint_unet import BRANCHES
 from .buckets import plan_resize
+from . import sampling
 from .image import BadImage
+from .sampling import check_scheduler, guidance_batch, guided, initial_noise, item_generators, scheduler_step
 from .sd_components import LatentCodec, TextEncoder
 
 if TYPE_CHECKING:
@@ -64,10 +64,6 @@ MAX_STEPS = 1000
 SD21_TRAINING_SCHEDULE = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
                               beta_schedule="scaled_linear", prediction_type="epsilon", steps_offset=1,
                               timestep_spacing="leading")
-
-
-class UnknownScheduler(DiffBodyError, ValueError):
-    """A scheduler name other than those in SCHEDULERS."""
 
 
 class EmptyImage(BadImage):
@@ -91,42 +87,13 @@ class ComponentMismatch(DiffBodyError):
 
 
 def make_scheduler(name: str, **overrides):
-    """A fresh diffusers scheduler `name` (one of SCHEDULERS) on SD 2.1-base's training schedule."""
-    from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
-
-    schedule = dict(SD21_TRAINING_SCHEDULE, **overrides)
-    if name == "ddpm":
-        return DDPMScheduler(**schedule, variance_type="fixed_small", clip_sample=False)
-    if name == "ddim":
-        return DDIMScheduler(**schedule, set_alpha_to_one=False, clip_sample=False)
-    if name == "dpmpp_2m":
-        return DPMSolverMultistepScheduler(**schedule, algorithm_type="dpmsolver++", solver_order=2,
-                                           lower_order_final=True)
-    raise UnknownScheduler(f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULERS)}")
+    """A fresh scheduler `name` (one of stage 1's SCHEDULERS) on SD 2.1-base's training schedule."""
+    return sampling.make_scheduler(name, SD21_TRAINING_SCHEDULE, choices=SCHEDULERS, **overrides)
 
 
 def scheduler_for_steps(name: str, steps: int, device=None):
-    """`make_scheduler(name)` with its timesteps set for `steps`. SD's "leading" spacing with
-    steps_offset 1 asks for timestep 1000 (one past the schedule) at step counts near 1000; those use
-    "trailing" spacing instead, which ends at 999."""
-    sampler = make_scheduler(name)
-    sampler.set_timesteps(steps, device=device)
-    if int(sampler.timesteps.max()) >= sampler.config.num_train_timesteps:
-        sampler = make_scheduler(name, timestep_spacing="trailing", steps_offset=0)
-        sampler.set_timesteps(steps, device=device)
-    return sampler
-
-
-def item_generators(seed: int, batch: int) -> list[torch.Generator]:
-    """One CPU generator per batch item, seeded seed, seed + 1, ... (batch-composition independent),
-    wrapping at 2**64 (ComfyUI's seeds go up to 2**64 - 1, the most a torch generator takes)."""
-    return [torch.Generator("cpu").manual_seed((int(seed) + i) % 2**64) for i in range(batch)]
-
-
-def initial_noise(generators: list[torch.Generator], shape: tuple[int, ...]) -> torch.Tensor:
-    """(B, 3, C, h, w) float32 N(0, 1) noise on the CPU; item i from generators[i], so every branch of every
-    item gets its own independent draw."""
-    return torch.cat([torch.randn((1, *shape[1:]), generator=g, dtype=torch.float32) for g in generators])
+    """Stage 1's scheduler `name` set for `steps`, kept inside the training schedule (sampling.py)."""
+    return sampling.scheduler_for_steps(name, steps, SD21_TRAINING_SCHEDULE, choices=SCHEDULERS, device=device)
 
 
 def sample_joint(
@@ -162,10 +129,10 @@ def sample_joint(
     shape = (pose_latent.shape[0], len(BRANCHES), *pose_latent.shape[1:])
     latents = initial_noise(generators, shape).to(device) * sampler.init_noise_sigma
 
-    guided = cfg != 1.0
-    doubled = (lambda x: torch.cat([x, x])) if guided else (lambda x: x)
+    guidance = cfg != 1.0
+    doubled = (lambda x: torch.cat([x, x])) if guidance else (lambda x: x)
     pose_in = doubled(pose_latent.to(device, dtype))
-    context_in = torch.cat(_same_length(context, uncond_context)) if guided else context
+    context_in = guidance_batch(*_same_length(uncond_context, context)) if guidance else context
     context_in = context_in.to(device, dtype)
     image_in = doubled(image_latent.to(device, dtype)) if image_latent is not None else None
 
@@ -178,10 +145,9 @@ def sample_joint(
             if controlnet is not None:
                 control = controlnet(noisy, pose_in, timestep, context_in, image_in, scale=control_scale)
             eps = unet(noisy, pose_in, timestep, context_in, control=control).float()
-            if guided:
-                eps_cond, eps_uncond = eps.chunk(2)
-                eps = eps_uncond + cfg * (eps_cond - eps_uncond)
-            latents = sampler.step(eps, t, latents, generator=generators).prev_sample
+            if guidance:
+                eps = guided(eps, cfg)
+            latents = scheduler_step(sampler, eps, t, latents, generators)
             if progress is not None:
                 progress(done, total)
     return latents
@@ -207,12 +173,12 @@ def _check_sampling_args(pose_latent, context, uncond_context, image_latent, con
         raise ValueError(f"steps must be a whole number from 1 to {MAX_STEPS}, got {steps}")
 
 
-def _same_length(context: torch.Tensor, uncond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _same_length(*contexts: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """Bring caption and negative contexts of different token counts (long prompts: 77 per chunk) to their
     least common multiple by repeating each whole; repeating every key and value k times leaves attention's
     output unchanged, so this is exact (ComfyUI batches conditionings the same way)."""
-    length = math.lcm(context.shape[1], uncond.shape[1])
-    return (context.repeat(1, length // context.shape[1], 1), uncond.repeat(1, length // uncond.shape[1], 1))
+    length = math.lcm(*(c.shape[1] for c in contexts))
+    return tuple(c.repeat(1, length // c.shape[1], 1) for c in contexts)
 
 
 @contextlib.contextmanager
@@ -273,8 +239,7 @@ class Stage1Pipeline:
         captions: one per image. steps: default DEFAULT_STEPS[scheduler] (DDPM: the paper's 200).
         size_mode: "bucket" or "native" (see pipelines/buckets.py). progress(done, total) per step."""
         validate_stage1_inputs(image_ir, pose_image, captions)
-        if scheduler not in SCHEDULERS:
-            raise UnknownScheduler(f"unknown scheduler {scheduler!r}; choose one of {', '.join(SCHEDULERS)}")
+        check_scheduler(scheduler, SCHEDULERS)
         plan = plan_resize(*image_ir.shape[-2:], mode=size_mode)
         pose_latent = self._encode(plan.to_canvas(pose_image.clamp(0, 1), fill="black"))
         image_latent = None

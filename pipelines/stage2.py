@@ -6,12 +6,11 @@ c_g = sum_i a_i F_i(prior_i) from I_ir, I_pose, I_depth, I_normal; the colour ad
 image features of I_res; the caption p' conditions through SDXL's text encoders. Paper inference: DDPM,
 200 steps.
 
-Conventions (the same as stage 1's sampler):
+Conventions (stage 1's: schedulers, seeds, the timestep guard and the guidance order come from
+pipelines/sampling.py):
 - Schedulers on SDXL 1.0's training schedule (scheduler_config.json: 1000 steps, scaled_linear betas
   0.00085..0.012, epsilon, steps_offset 1, "leading" spacing): "ddpm" (the paper's), "ddim" (eta 0),
   "dpmpp_2m" (DPM-Solver++ 2M), "euler" (EulerDiscrete).
-- Seeds: item i of a batch draws its initial noise and its DDPM step noise from its own CPU generator
-  seeded seed + i, so an item's result does not depend on the rest of the batch or on the device.
 - Classifier-free guidance: negative prompt + the colour adapter's unconditional tokens (the CLIP
   features of an all-zero CLIP input, as IP-Adapter does) in one half, prompt + I_res tokens in the
   other; the ControlNet acts on both halves (ComfyUI's "Apply ControlNet" on positive and negative).
@@ -31,13 +30,16 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Callable, Mapping
 
 import torch
-import torch.nn.functional as F
 
-from ..models.files import DiffBodyError
 from ..models.multiprior_controlnet import PRIORS, MultiPriorControlNet
+from .clip_image import clip_image_features, clip_pixels
+from .colour_attention import colour_adapter_installed
+from .sampling import guidance_batch, guided, initial_noise, item_generators, scheduler_for_steps, scheduler_step
+from .stage2_errors import Stage2Error
+from .union_control import UnionPriorControl
 
 if TYPE_CHECKING:
     from ..models.colour_adapter import ColourAdapter
@@ -50,28 +52,6 @@ DEFAULT_STEPS = {"ddpm": 200, "ddim": 50, "dpmpp_2m": 30, "euler": 30}
 SDXL_TRAINING_SCHEDULE = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
                               beta_schedule="scaled_linear", prediction_type="epsilon", steps_offset=1,
                               timestep_spacing="leading")
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-
-
-class Stage2Error(DiffBodyError, ValueError):
-    """Stage-2 inputs or components that do not fit together."""
-
-
-def make_scheduler(name: str):
-    """A fresh diffusers scheduler `name` (one of SCHEDULERS) on SDXL's training schedule."""
-    from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
-
-    if name == "ddpm":
-        return DDPMScheduler(**SDXL_TRAINING_SCHEDULE, variance_type="fixed_small", clip_sample=False)
-    if name == "ddim":
-        return DDIMScheduler(**SDXL_TRAINING_SCHEDULE, set_alpha_to_one=False, clip_sample=False)
-    if name == "dpmpp_2m":
-        return DPMSolverMultistepScheduler(**SDXL_TRAINING_SCHEDULE, algorithm_type="dpmsolver++", solver_order=2,
-                                           lower_order_final=True)
-    if name == "euler":
-        return EulerDiscreteScheduler(**SDXL_TRAINING_SCHEDULE, interpolation_type="linear")
-    raise Stage2Error(f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULERS)}")
 
 
 def active_at(timestep: float, start: float, end: float) -> bool:
@@ -181,156 +161,6 @@ def load_clip_vision(path: str, *, device: "torch.device | str" = "cpu", dtype: 
     return model.to(device=device, dtype=dtype).eval()
 
 
-# -- colour adapter in diffusers' attention ---------------------------------------------------------------
-
-@dataclass
-class AdapterState:
-    """What the installed processors read at each UNet call: ip tokens for the whole UNet batch and the
-    weight (0 = off: the UNet's own processors run)."""
-
-    tokens: torch.Tensor | None = None
-    weight: float = 0.0
-
-
-class ColourAdapterProcessor:
-    """attn2 processor: the UNet's attention plus weight * the adapter's attention over ip tokens, added
-    before to_out (as IP-Adapter's processor). Off (weight 0 or no tokens): calls the original processor."""
-
-    def __init__(self, base, adapter: "ColourAdapter", layer_index: int, state: AdapterState):
-        self.base, self.adapter, self.layer_index, self.state = base, adapter, layer_index, state
-
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
-        if self.state.weight == 0 or self.state.tokens is None:
-            return self.base(attn, hidden_states, encoder_hidden_states, attention_mask, temb, **kwargs)
-        if hidden_states.ndim != 3 or attn.spatial_norm is not None or attn.group_norm is not None \
-                or attn.norm_q is not None or attention_mask is not None:
-            raise Stage2Error("the colour adapter supports SDXL's plain cross-attention layers only")
-        batch = hidden_states.shape[0]
-        query = attn.to_q(hidden_states)
-        context = attn.norm_encoder_hidden_states(encoder_hidden_states) if attn.norm_cross else encoder_hidden_states
-        key, value = attn.to_k(context), attn.to_v(context)
-        head_dim = key.shape[-1] // attn.heads
-
-        def heads(x):
-            return x.view(batch, -1, attn.heads, head_dim).transpose(1, 2)
-
-        query = heads(query)
-        out = F.scaled_dot_product_attention(query, heads(key), heads(value), dropout_p=0.0, is_causal=False)
-        extra = self.adapter.ip_attention(self.layer_index, query, self.state.tokens, attn.heads)
-        out = out + self.state.weight * extra
-        out = out.transpose(1, 2).reshape(batch, -1, attn.heads * head_dim).to(query.dtype)
-        out = attn.to_out[1](attn.to_out[0](out))
-        if attn.residual_connection:
-            out = out + hidden_states
-        return out / attn.rescale_output_factor
-
-
-@contextlib.contextmanager
-def colour_adapter_installed(unet, adapter: "ColourAdapter") -> Iterator[AdapterState]:
-    """Install the adapter's processors on `unet`'s cross-attentions for the duration of the block (the
-    UNet's own processors come back afterwards, even on error). Yields the AdapterState to set."""
-    original = dict(unet.attn_processors)
-    missing = [name for name in adapter.layer_names() if name not in original]
-    if missing:
-        raise Stage2Error(f"the colour adapter does not fit this UNet: it has no layer {missing[0]!r}")
-    state = AdapterState()
-    processors = dict(original)
-    for index, name in enumerate(adapter.layer_names()):
-        processors[name] = ColourAdapterProcessor(original[name], adapter, index, state)
-    unet.set_attn_processor(processors)
-    try:
-        yield state
-    finally:
-        unet.set_attn_processor(original)
-
-
-def clip_pixels(images: torch.Tensor, size: int) -> torch.Tensor:
-    """(B,3,H,W) 0..1 -> CLIP input (B,3,size,size): short side to `size` (bicubic, antialiased), centre
-    crop, quantised to 8 bits, normalised - the same steps as ComfyUI's clip_preprocess."""
-    height, width = images.shape[-2:]
-    if (height, width) != (size, size):
-        scale = size / min(height, width)
-        images = F.interpolate(images, size=(round(scale * height), round(scale * width)), mode="bicubic",
-                               antialias=True)
-        top, left = (images.shape[2] - size) // 2, (images.shape[3] - size) // 2
-        images = images[:, :, top:top + size, left:left + size]
-    images = torch.clip(255.0 * images, 0, 255).round() / 255.0
-    mean = torch.tensor(CLIP_MEAN, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
-    std = torch.tensor(CLIP_STD, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
-    return (images - mean) / std
-
-
-# -- public-weights mode: ControlNet-Union SDXL as the prior control -------------------------------------
-
-Residuals = tuple[list[torch.Tensor], torch.Tensor]
-
-
-class UnionPriorControl:
-    """ControlNet-Union SDXL (a diffusers ControlNetUnionModel) standing in for the multi-prior ControlNet:
-    each prior with a_i != 0 is one single-type pass with its union control type (models.union_controlnet:
-    I_ir as tile, I_pose as openpose, depth, normal), its residuals scaled by a_i * control scale, and the
-    passes' residuals summed. That is what the ComfyUI node chains (nodes/stage2.py union_priors_control).
-
-    Passes run one image at a time: the union's condition transformer is a sequence-first
-    nn.MultiheadAttention given batch-first tensors (xinsir's code, kept by diffusers), so a batched call
-    attends across the batch (the CFG halves, other images). Image by image it matches ComfyUI's
-    computation, and an image's result does not depend on the rest of its batch."""
-
-    is_active = staticmethod(MultiPriorControlNet.is_active)
-
-    def __init__(self, union_model):
-        self.model = union_model
-
-    @property
-    def num_control_type(self) -> int:
-        return int(self.model.config.num_control_type)
-
-    def prepare_priors(self, priors: Mapping[str, torch.Tensor | None], strengths: Mapping[str, float],
-                       repeats: int = 1) -> dict[str, torch.Tensor]:
-        """The active priors' images (a_i != 0), each (B,3,H,W) 0..1 repeated `repeats` times along the
-        batch (CFG), in the union's dtype and device."""
-        from ..models.union_controlnet import UNION_TYPES, check_union_types
-
-        unknown = sorted(set(strengths) - set(UNION_TYPES))
-        if unknown:
-            raise Stage2Error(f"unknown priors {unknown}; ControlNet-Union takes {', '.join(UNION_TYPES)}")
-        active = [name for name in UNION_TYPES if float(strengths.get(name, 0.0)) != 0.0]
-        absent = [name for name in active if priors.get(name) is None]
-        if absent:
-            raise Stage2Error(f"prior strengths are set for {absent} but those priors were not given")
-        check_union_types(self.num_control_type, active)
-        param = next(self.model.parameters())
-        return {name: torch.cat([priors[name]] * repeats).to(param.device, param.dtype) for name in active}
-
-    @torch.no_grad()
-    def __call__(self, sample: torch.Tensor, timestep, context: torch.Tensor, pooled: torch.Tensor,
-                 time_ids: torch.Tensor, images: Mapping[str, torch.Tensor], strengths: Mapping[str, float],
-                 conditioning_scale: float = 1.0) -> Residuals:
-        """Summed residuals for the UNet batch `sample` (N,4,h,w); images from `prepare_priors` (N,3,8h,8w)."""
-        from ..models.union_controlnet import UNION_TYPES
-
-        param = next(self.model.parameters())
-        per_image = []
-        for i in range(sample.shape[0]):
-            one = dict(sample=sample[i:i + 1].to(param.device, param.dtype),
-                       encoder_hidden_states=context[i:i + 1].to(param.device, param.dtype),
-                       added_cond_kwargs={"text_embeds": pooled[i:i + 1].to(param.device, param.dtype),
-                                          "time_ids": time_ids[i:i + 1].to(param.device, param.dtype)})
-            total: Residuals | None = None
-            for name, image in images.items():
-                control_type = torch.zeros(1, self.num_control_type, device=param.device, dtype=param.dtype)
-                control_type[0, UNION_TYPES[name]] = 1.0
-                down, mid = self.model(timestep=timestep, controlnet_cond=[image[i:i + 1]], control_type=control_type,
-                                       control_type_idx=[UNION_TYPES[name]],
-                                       conditioning_scale=float(strengths[name]) * float(conditioning_scale),
-                                       return_dict=False, **one)
-                total = (list(down), mid) if total is None else \
-                    ([a + b for a, b in zip(total[0], down)], total[1] + mid)
-            per_image.append(total)
-        down = [torch.cat([residuals[0][k] for residuals in per_image]) for k in range(len(per_image[0][0]))]
-        return down, torch.cat([residuals[1] for residuals in per_image])
-
-
 # -- sampling -------------------------------------------------------------------------------------------
 
 @dataclass
@@ -404,7 +234,7 @@ class Stage2Pipeline:
         context, pooled = self._prompt(s.prompt, prompt_embeds, batch)
         if cfg_on:
             neg_context, neg_pooled = self._prompt(s.negative_prompt, negative_prompt_embeds, batch)
-            context, pooled = torch.cat([neg_context, context]), torch.cat([neg_pooled, pooled])
+            context, pooled = guidance_batch(neg_context, context), guidance_batch(neg_pooled, pooled)
         context, pooled = context.to(self.device, self.dtype), pooled.to(self.device, self.dtype)
         time_ids = torch.tensor([[height, width, 0, 0, height, width]], dtype=self.dtype,
                                 device=self.device).repeat(context.shape[0], 1)
@@ -415,12 +245,10 @@ class Stage2Pipeline:
 
     def _denoise(self, s: Stage2Settings, batch, latent_size, context, pooled, time_ids, control_fn, tokens,
                  progress) -> torch.Tensor:
-        scheduler = make_scheduler(s.scheduler)
         steps = s.steps or DEFAULT_STEPS[s.scheduler]
-        scheduler.set_timesteps(steps, device=self.device)
-        generators = [torch.Generator("cpu").manual_seed(int(s.seed) + i) for i in range(batch)]
-        channels = self.unet.config.in_channels
-        noise = torch.cat([torch.randn((1, channels, *latent_size), generator=g) for g in generators])
+        scheduler = scheduler_for_steps(s.scheduler, steps, SDXL_TRAINING_SCHEDULE, device=self.device)
+        generators = item_generators(s.seed, batch)
+        noise = initial_noise(generators, (batch, self.unet.config.in_channels, *latent_size))
         latents = noise.to(self.device) * scheduler.init_noise_sigma
         installed = (colour_adapter_installed(self.unet, self.adapter) if tokens is not None
                      else contextlib.nullcontext())
@@ -436,9 +264,8 @@ class Stage2Pipeline:
                     adapter_state.tokens, adapter_state.weight = tokens, (s.adapter_weight if on else 0.0)
                 noise_pred = self._unet(model_in, t, context, pooled, time_ids, control).float()
                 if context.shape[0] != batch:
-                    uncond, cond = noise_pred.chunk(2)
-                    noise_pred = uncond + s.cfg * (cond - uncond)
-                latents = _step(scheduler, noise_pred, t, latents, generators)
+                    noise_pred = guided(noise_pred, s.cfg)
+                latents = scheduler_step(scheduler, noise_pred, t, latents, generators)
                 if progress is not None:
                     progress(i + 1, len(scheduler.timesteps))
         return latents
@@ -529,23 +356,5 @@ class Stage2Pipeline:
         features = clip_image_features(encoder, pixels)
         tokens = self.adapter.project(features)
         if cfg_on:
-            tokens = torch.cat([self.adapter.project(clip_image_features(encoder, torch.zeros_like(pixels))), tokens])
+            tokens = guidance_batch(self.adapter.project(clip_image_features(encoder, torch.zeros_like(pixels))), tokens)
         return tokens
-
-
-def clip_image_features(image_encoder, pixels: torch.Tensor) -> torch.Tensor:
-    """Penultimate hidden states (B, tokens, width) of a transformers CLIP vision model."""
-    return image_encoder(pixel_values=pixels, output_hidden_states=True).hidden_states[-2]
-
-
-def _step(scheduler, noise_pred, t, latents, generators) -> torch.Tensor:
-    """One scheduler step; DDPM's step noise comes from each item's own generator."""
-    if len(generators) == 1:
-        return scheduler.step(noise_pred, t, latents, generator=generators[0]).prev_sample
-    from diffusers import DDPMScheduler
-
-    if not isinstance(scheduler, DDPMScheduler):
-        return scheduler.step(noise_pred, t, latents).prev_sample
-    # DDPM: step each item with its own generator; the scheduler is stateless across items for DDPM
-    return torch.cat([scheduler.step(noise_pred[i:i + 1], t, latents[i:i + 1], generator=g).prev_sample
-                      for i, g in enumerate(generators)])

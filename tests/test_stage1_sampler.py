@@ -14,8 +14,9 @@ from safetensors.torch import load_file
 
 from comfyui_diffbody.models.files import DiffBodyError, MissingModelFile
 from comfyui_diffbody.models.joint_unet import BRANCHES, JointUNet, JointUNetConfig
-from comfyui_diffbody.models.stage1_controlnet import Stage1ControlNet
+from comfyui_diffbody.models.stage1_controlnet import Stage1ControlNet, Stage1ControlResiduals
 from comfyui_diffbody.pipelines.buckets import BUCKETS, UnknownSizeMode, nearest_bucket, plan_resize
+from comfyui_diffbody.pipelines.sampling import UnknownScheduler
 from comfyui_diffbody.pipelines.sd_components import DiffusersVAE, load_sd21_components
 from comfyui_diffbody.pipelines.stage1 import (
     SCHEDULERS,
@@ -24,7 +25,6 @@ from comfyui_diffbody.pipelines.stage1 import (
     EmptyImage,
     ImageSizeMismatch,
     Stage1Pipeline,
-    UnknownScheduler,
     WrongChannelCount,
     make_scheduler,
     sample_joint,
@@ -191,6 +191,45 @@ def test_guidance_formula(unet):
     assert (guided - plain).abs().mean() > 1e-3
     with pytest.raises(ValueError, match="uncond_context"):
         sample_joint(unet, **{**cond, "uncond_context": None}, steps=3, cfg=7.5)
+
+
+def _swap_guidance_halves(value):
+    """The two halves of a doubled guidance batch swapped (tensors, ControlNet residuals); other values as is."""
+    if isinstance(value, Stage1ControlResiduals):
+        return Stage1ControlResiduals(down=[_swap_guidance_halves(d) for d in value.down],
+                                      mid=_swap_guidance_halves(value.mid))
+    if isinstance(value, torch.Tensor) and value.ndim > 0:
+        return torch.cat(value.chunk(2)[::-1])
+    return value
+
+
+class FormerGuidanceOrder(torch.nn.Module):
+    """Runs the wrapped network on the guidance batch in stage 1's former order, [conditional, unconditional],
+    and hands its output back in the shared order of pipelines/sampling.py, [unconditional, conditional]."""
+
+    def __init__(self, net: torch.nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, *args, **kwargs):
+        output = self.net(*map(_swap_guidance_halves, args),
+                          **{name: _swap_guidance_halves(value) for name, value in kwargs.items()})
+        return _swap_guidance_halves(output)
+
+
+@pytest.mark.parametrize("scheduler", ["ddpm", "dpmpp_2m"])
+def test_the_shared_guidance_order_changes_no_result(unet, controlnet, scheduler):
+    """The UNet batch is [unconditional, conditional] now (stage 2's order); stage 1's former order gives
+    bit-identical latents, ControlNet included."""
+    cond = {**conditions(batch=2), "image_latent": seeded((2, *LATENT), 9)}
+    spy = Spy(unet)
+    sample_joint(spy, **cond, controlnet=controlnet, steps=1, seed=6)
+    context_in = spy.calls[0][0][3]
+    assert torch.equal(context_in[:2], cond["uncond_context"]) and torch.equal(context_in[2:], cond["context"])
+    shared = sample_joint(unet, **cond, controlnet=controlnet, steps=3, scheduler=scheduler, seed=6)
+    former = sample_joint(FormerGuidanceOrder(unet), **cond, controlnet=FormerGuidanceOrder(controlnet), steps=3,
+                          scheduler=scheduler, seed=6)
+    assert torch.equal(shared, former)
 
 
 def test_controlnet_scale_zero_equals_no_controlnet(unet, controlnet):

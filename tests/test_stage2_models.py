@@ -23,8 +23,10 @@ from comfyui_diffbody.models.multiprior_controlnet import (PRIORS, SDXL_UNET_CON
 from comfyui_diffbody.models.stage2_weights import (diffusers_unet_to_ldm, ldm_unet_to_diffusers, load_multiprior,
                                                     multiprior_from_diffusers_controlnet, multiprior_from_sdxl_unet,
                                                     save_colour_adapter, save_multiprior)
-from comfyui_diffbody.pipelines.stage2 import (SCHEDULERS, Stage2Error, Stage2Pipeline, Stage2Settings, active_at,
-                                               colour_adapter_installed, load_clip_vision, load_sdxl_parts)
+from comfyui_diffbody.pipelines.colour_attention import colour_adapter_installed
+from comfyui_diffbody.pipelines.stage2 import (SCHEDULERS, Stage2Pipeline, Stage2Settings, active_at, load_clip_vision,
+                                               load_sdxl_parts)
+from comfyui_diffbody.pipelines.stage2_errors import Stage2Error
 from comfyui_diffbody.testing.tiny import stage2 as tiny
 
 SIZE = 64
@@ -514,6 +516,35 @@ def test_every_scheduler_samples(parts, scheduler):
     assert latents.shape == (1, 4, SIZE // 8, SIZE // 8) and torch.isfinite(latents).all()
 
 
+class TimestepRecorder(torch.nn.Module):
+    """A stand-in SDXL UNet of the smallest size the pipeline takes (8x8 px images, one latent pixel): it
+    predicts zero noise and records every timestep it is asked for."""
+
+    def __init__(self):
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(()))  # the pipeline reads device and dtype from it
+        self.config = type("Config", (), {"in_channels": 4, "block_out_channels": (4,), "cross_attention_dim": 8})
+        self.timesteps: list[float] = []
+
+    def forward(self, sample, t, **conditions):
+        self.timesteps.append(float(t))
+        return type("Output", (), {"sample": torch.zeros_like(sample)})
+
+
+@pytest.mark.parametrize("steps", [999, 1000])
+@pytest.mark.parametrize("scheduler", SCHEDULERS)
+def test_step_counts_near_1000_stay_inside_the_training_schedule(scheduler, steps):
+    """At 1000 steps SD's "leading" spacing asks for timestep 1000 (DPM-Solver's repeats one timestep); the
+    guard stage 1 had, now shared, switches to "trailing" spacing."""
+    unet = TimestepRecorder()
+    settings = Stage2Settings(scheduler=scheduler, steps=steps, cfg=1.0, strengths={}, adapter_weight=0.0)
+    latents = Stage2Pipeline(unet, None, None).sample_latents(
+        {"image": torch.rand(1, 3, 8, 8)}, None, settings, prompt_embeds=(torch.zeros(1, 77, 8), torch.zeros(1, 4)))
+    assert len(set(unet.timesteps)) == len(unet.timesteps) == steps
+    assert 0 <= min(unet.timesteps) and max(unet.timesteps) <= 999
+    assert torch.isfinite(latents).all()
+
+
 def test_pipeline_from_the_written_folders_equals_the_in_memory_one(files, parts, tmp_path):
     unet, vae, text_encoders = load_sdxl_parts(files["folder"])
     written = tiny.write_tiny_clip_vision(str(tmp_path / "clip_vision"), str(tmp_path / "clip_vision.safetensors"))
@@ -567,7 +598,7 @@ from safetensors.torch import load_file
 from comfyui_diffbody.models.colour_adapter import comfy_attn2_locations, load_colour_adapter
 from comfyui_diffbody.models.multiprior_controlnet import SDXL_UNET_CONFIG, MultiPriorControlNet
 from comfyui_diffbody.models.stage2_weights import diffusers_unet_to_ldm, load_multiprior
-from comfyui_diffbody.pipelines.stage2 import colour_adapter_installed
+from comfyui_diffbody.pipelines.colour_attention import colour_adapter_installed
 from comfyui_diffbody.testing.tiny import stage2 as tiny
 
 out = {}

@@ -44,8 +44,8 @@ from comfyui_diffbody.models.stage2_weights import load_multiprior
 from comfyui_diffbody.nodes import glue
 from comfyui_diffbody.nodes.stage2 import ApplyColourAdapter, ApplyMultiPriorControlNet, ColourAdapterFile
 from comfyui_diffbody.nodes.stage2_native import ColourAttention, MultiPriorControl
-from comfyui_diffbody.pipelines.stage2 import (SDXL_TRAINING_SCHEDULE, Stage2Pipeline, active_at,
-                                               colour_adapter_installed)
+from comfyui_diffbody.pipelines.colour_attention import colour_adapter_installed
+from comfyui_diffbody.pipelines.stage2 import SDXL_TRAINING_SCHEDULE, Stage2Pipeline, active_at
 from comfyui_diffbody.testing.tiny import stage2 as tiny
 
 SIZE, STEPS, CFG = 64, 3, 4.0

@@ -15,7 +15,9 @@ import torch
 from comfyui_diffbody.models.files import MissingModelFile, WrongModelFile
 from comfyui_diffbody.models.multiprior_controlnet import PRIORS
 from comfyui_diffbody.models.union_controlnet import UNION_TYPES, load_union_controlnet
-from comfyui_diffbody.pipelines.stage2 import Stage2Error, Stage2Pipeline, Stage2Settings, UnionPriorControl
+from comfyui_diffbody.pipelines.stage2 import Stage2Pipeline, Stage2Settings
+from comfyui_diffbody.pipelines.stage2_errors import Stage2Error
+from comfyui_diffbody.pipelines.union_control import UnionPriorControl
 from comfyui_diffbody.testing.tiny.stage2 import CONTEXT_DIM, POOLED_DIM, build_tiny_stage2_components
 from comfyui_diffbody.testing.tiny.union import tiny_union_config, write_tiny_union_controlnet
 
@@ -162,7 +164,7 @@ from comfy_test_nodes.union_stand_in import tiny_union_control
 from comfyui_diffbody.models.multiprior_controlnet import MultiPriorControlNet
 from comfyui_diffbody.models.union_controlnet import load_union_controlnet
 from comfyui_diffbody.nodes.stage2 import union_priors_control
-from comfyui_diffbody.pipelines.stage2 import UnionPriorControl
+from comfyui_diffbody.pipelines.union_control import UnionPriorControl
 from comfyui_diffbody.testing.tiny import stage2 as tiny
 from comfyui_diffbody.testing.tiny.union import tiny_union_config, write_tiny_union_controlnet
 

@@ -142,9 +142,10 @@ def randint(high: int, count: int, generators: Generators, device: torch.device)
 
 def training_schedule():
     """SDXL 1.0's DDPM training schedule (the one the stage-2 sampler inverts)."""
-    from ..pipelines.stage2 import make_scheduler
+    from ..pipelines.sampling import make_scheduler
+    from ..pipelines.stage2 import SDXL_TRAINING_SCHEDULE
 
-    return make_scheduler("ddpm")
+    return make_scheduler("ddpm", SDXL_TRAINING_SCHEDULE)
 
 
 @dataclass

@@ -62,7 +62,7 @@ class ColourAdapterOnUNet(nn.Module):
     blocks run again in the backward pass and must meet the same processors and tokens."""
 
     def __init__(self, adapter: ColourAdapter, unet):
-        from ..pipelines.stage2 import AdapterState, ColourAdapterProcessor
+        from ..pipelines.colour_attention import AdapterState, ColourAdapterProcessor
 
         super().__init__()
         self.adapter = adapter
@@ -135,7 +135,7 @@ def dropout_masks(count: int, generators: common.Generators, rate: float) -> tup
 @torch.no_grad()
 def clip_features(image_encoder, images: torch.Tensor, dropped: torch.Tensor) -> torch.Tensor:
     """Penultimate CLIP hidden states of `images` (B,3,H,W) in 0..1, an all-zero CLIP input where `dropped`."""
-    from ..pipelines.stage2 import clip_image_features, clip_pixels
+    from ..pipelines.clip_image import clip_image_features, clip_pixels
 
     param = next(image_encoder.parameters())
     pixels = clip_pixels(images.float(), image_encoder.config.image_size)

@@ -139,7 +139,7 @@ class TinyCLIPVision:
 
     def encode_image(self, image):
         import torch
-        from comfyui_diffbody.pipelines.stage2 import clip_pixels
+        from comfyui_diffbody.pipelines.clip_image import clip_pixels
 
         with torch.no_grad():
             features = self.model(clip_pixels(image.movedim(-1, 1), self.image_size))[1]
