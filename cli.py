@@ -190,22 +190,6 @@ def resolve_model_files(wanted, models_dir: Path, *, download_missing: bool, hin
     return paths
 
 
-def pick_device(name: str):
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def pick_dtype(name: str, device):
-    import torch
-
-    if name == "auto":
-        return torch.float16 if device.type == "cuda" else torch.float32
-    return getattr(torch, name)
-
-
 def check_choices(args) -> None:
     from .pipelines.buckets import SIZE_MODES
     from .pipelines.stage1 import SCHEDULERS as STAGE1_SCHEDULERS
@@ -240,6 +224,7 @@ def model_paths(args, paths: dict[str, str]):
 
 
 def restore_options(args, device):
+    from .models.devices import pick_dtype
     from .pipelines.restore import RestoreOptions
     from .pipelines.stage0 import Stage0Options
     from .pipelines.stage1 import DEFAULT_CFG
@@ -290,6 +275,7 @@ def restore(args) -> int:
     import numpy as np
     from PIL import Image
 
+    from .models.devices import pick_device
     from .pipelines.image import uint8_to_chw
     from .pipelines.restore import restore_images
 

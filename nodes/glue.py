@@ -136,18 +136,14 @@ class on_compute_device:
 def preferred_dtype(choice: str = "auto"):
     """The dtype a diffusion network should run in: the user's choice, or for "auto" what ComfyUI
     would pick for the compute device (fp16/bf16 on GPUs that support it, float32 on the CPU)."""
-    import torch
+    from ..models.devices import auto_dtype, named_dtype
 
     if choice != "auto":
-        return getattr(torch, choice)
+        return named_dtype(choice)
     import comfy.model_management as mm
 
     device = mm.get_torch_device()
-    if mm.should_use_fp16(device):
-        return torch.float16
-    if mm.should_use_bf16(device):
-        return torch.bfloat16
-    return torch.float32
+    return auto_dtype(fp16=mm.should_use_fp16(device), bf16=mm.should_use_bf16(device))
 
 
 def wrap_for_memory_management(module):

@@ -223,7 +223,7 @@ _captioner_cache: dict = {}
 
 
 def _cached_captioner(path: str, dtype: str, quantization: str):
-    from ..models.llava import concrete_dtype
+    from ..models.devices import concrete_dtype
     from ..pipelines.caption import LlavaCaptioner
 
     # Resolve "auto" for the device it will run on (fp16 on a GPU), not the CPU it is loaded on.

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Callable
 import torch
 import torch.nn.functional as F
 
-from ..models.swinir import default_dtype
+from ..models.devices import default_dtype
 from .image import BadImage
 
 if TYPE_CHECKING:
