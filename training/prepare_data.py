@@ -241,18 +241,22 @@ def required_files(args) -> dict[str, tuple[str, str] | None]:
 
 def resolve_files(args, models_dir: Path) -> dict[str, str | None]:
     """role -> path (None: a role switched off); with missing files, print each with where to get it and exit 2."""
-    from ..cli import resolve_model_files
+    from ..models.files import MissingModelFiles, resolve_model_files
 
     wanted = required_files(args)
-    found = resolve_model_files([w for w in wanted.values() if w is not None], models_dir,
-                                download_missing=args.download)
+    try:
+        found = resolve_model_files([w for w in wanted.values() if w is not None], models_dir,
+                                    download_missing=args.download)
+    except MissingModelFiles as error:
+        print(error, file=sys.stderr)
+        raise SystemExit(2) from None
     return {role: None if w is None else found[w[0]] for role, w in wanted.items()}
 
 
 # -- command line ---------------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
-    from ..cli import default_models_dir
+    from ..models.files import default_models_dir
     from ..models.depth_estimator import DEFAULT_DEPTH_MODEL
 
     parser = argparse.ArgumentParser(
@@ -326,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _models_dir(args, tiny_dir: str) -> Path:
-    from ..cli import default_models_dir
+    from ..models.files import default_models_dir
 
     if not args.tiny:
         return args.models_dir or default_models_dir()
