@@ -182,17 +182,23 @@ def model_paths(args, paths: dict[str, str]):
     from .pipelines.restore import ModelPaths
 
     diffusion = {role: paths[name] for role, (name, _) in diffusion_files(args).items()}
-    tiny_configs = {}
-    if args.tiny and not args.stage0_only:  # the tiny files are not ViT-H-14's and SDXL's shapes
+    return ModelPaths(swinir=paths[args.swinir], pose_backend=args.pose_backend,
+                      pose_files={role: paths[name] for role, name in MODEL_FILES[args.pose_backend].items() if name},
+                      llava=None if args.no_caption else paths[args.caption_model], **diffusion)
+
+
+def network_configs(args) -> dict[str, dict]:
+    """With --tiny, the shapes of the tiny single files, which are not ViT-H-14's and SDXL's (restore_images'
+    network_configs); none otherwise."""
+    configs = {}
+    if args.tiny and not args.stage0_only:
         from .testing.tiny.stage2 import tiny_clip_vision_kwargs
         from .testing.tiny.union import tiny_union_config
 
-        tiny_configs["clip_vision_config"] = tiny_clip_vision_kwargs()
+        configs["clip_vision"] = tiny_clip_vision_kwargs()
         if args.mode == "public":
-            tiny_configs["union_config"] = tiny_union_config()
-    return ModelPaths(swinir=paths[args.swinir], pose_backend=args.pose_backend,
-                      pose_files={role: paths[name] for role, name in MODEL_FILES[args.pose_backend].items() if name},
-                      llava=None if args.no_caption else paths[args.caption_model], **tiny_configs, **diffusion)
+            configs["union_controlnet"] = tiny_union_config()
+    return configs
 
 
 def restore_options(args, device):
@@ -264,7 +270,8 @@ def restore(args) -> int:
         models = model_paths(args, resolve_files(args, models_dir))
         device = pick_device(args.device)
         images = [uint8_to_chw(np.asarray(Image.open(p).convert("RGB"))).unsqueeze(0) for p in image_paths]
-        results = restore_images(images, models, restore_options(args, device))
+        results = restore_images(images, models, restore_options(args, device),
+                                 network_configs=network_configs(args))
     args.out.mkdir(parents=True, exist_ok=True)
     for path, result in zip(image_paths, results):
         save_results(result, args.out / path.stem, args.save_priors, args.stage0_only)
