@@ -1,4 +1,4 @@
-"""The one place that talks to ComfyUI: model folders, progress, cancel, devices, memory.
+"""The one place that talks to ComfyUI: model folders, IMAGE <-> tensor, progress, cancel, devices, memory.
 
 Every ComfyUI import is inside a function, so importing the pack stays cheap and the modules that
 use this file can still be imported (and their logic tested) outside ComfyUI.
@@ -65,6 +65,37 @@ def model_path(filename: str, folder: str, auto_download: bool = False) -> str:
     if auto_download and filename in KNOWN_FILES and KNOWN_FILES[filename].downloadable:
         return download(filename, dirs[0])
     raise MissingModelFile(missing_message(filename, folder, dirs))
+
+
+def comfy_to_bchw(image: "torch.Tensor") -> "torch.Tensor":
+    """IMAGE (B,H,W,C) or (H,W,C) in 0..1 with C in 1..4 -> contiguous (B,3,H,W) float32 RGB in 0..1, what
+    the pipelines take. Inputs from other nodes can have 1, 2 or 4 channels or odd shapes: they are
+    normalised here, once, with clear errors."""
+    import torch
+
+    from ..pipelines.image import BadImage
+
+    if not isinstance(image, torch.Tensor):
+        raise BadImage(f"expected an IMAGE tensor, got {type(image).__name__}")
+    if image.ndim == 3:
+        image = image.unsqueeze(0)
+    if image.ndim != 4:
+        raise BadImage(f"expected an IMAGE of shape (batch, height, width, channels), got {tuple(image.shape)}")
+    b, h, w, c = image.shape
+    if b == 0 or h == 0 or w == 0:
+        raise BadImage(f"the image is empty (shape {tuple(image.shape)})")
+    if c in (1, 2):  # grey, grey + alpha
+        image = image[..., :1].expand(b, h, w, 3)
+    elif c == 4:  # RGBA: the alpha channel carries no colour to restore
+        image = image[..., :3]
+    elif c != 3:
+        raise BadImage(f"expected 1, 3 or 4 colour channels, got {c} (shape {tuple(image.shape)})")
+    return image.permute(0, 3, 1, 2).float().clamp(0, 1).contiguous()
+
+
+def bchw_to_comfy(images: "torch.Tensor") -> "torch.Tensor":
+    """(B,3,H,W) -> ComfyUI IMAGE (B,H,W,3) float32 on the CPU."""
+    return images.detach().permute(0, 2, 3, 1).float().clamp(0, 1).cpu().contiguous()
 
 
 def progress(total: int) -> Callable[[int, int], None]:

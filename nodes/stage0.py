@@ -71,17 +71,16 @@ class SwinIRCleanup:
 
     def clean(self, swinir, image, upscale: float, tile_size: int, tile_stride: int):
         from ..pipelines.cleanup import clean_images
-        from ..pipelines.image import bchw_to_comfy, comfy_to_bchw
 
         if getattr(swinir, "scale", 1) != 1:
             raise ValueError(f"DiffBody SwinIR Cleanup expects a x1 cleaner such as DiffBIR's SwinIR, got a "
                              f"x{swinir.scale} upscaler; use ComfyUI's 'Upscale Image (using Model)' for upscalers.")
-        images = comfy_to_bchw(image)
+        images = glue.comfy_to_bchw(image)
         device = glue.torch_device()
         cleaned = clean_images(swinir, images, upscale=upscale, tile_size=tile_size,
                                tile_stride=min(tile_stride, tile_size), device=device,
                                progress=glue.progress(images.shape[0]))
-        return (bchw_to_comfy(cleaned),)
+        return (glue.bchw_to_comfy(cleaned),)
 
 
 class PoseEstimator:
@@ -127,8 +126,6 @@ class PoseEstimator:
 
     def estimate(self, image, backend, draw_hands, draw_face, dwpose_detector, dwpose_estimator, openpose_model,
                  auto_download, mmpose_config="", mmpose_checkpoint=""):
-        from ..pipelines.image import comfy_to_bchw
-        from ..pipelines.image import bchw_to_comfy
         from ..pipelines.pose.backends import estimate_and_draw
 
         if backend == "mmpose":
@@ -140,11 +137,11 @@ class PoseEstimator:
                  "mmpose": {"config": mmpose_config, "checkpoint": mmpose_checkpoint, "det": dwpose_detector},
                  }.get(backend, {})
         paths = {role: glue.model_path(name, "diffbody_pose", auto_download) for role, name in files.items()}
-        images = comfy_to_bchw(image)
+        images = glue.comfy_to_bchw(image)
         estimator = _cached_estimator(backend, paths, str(glue.torch_device()))
         pose_images, frames = estimate_and_draw(estimator, images, hands=draw_hands, face=draw_face,
                                                 progress=glue.progress(images.shape[0]))
-        return (bchw_to_comfy(pose_images), frames)
+        return (glue.bchw_to_comfy(pose_images), frames)
 
 
 _estimator_cache: dict = {}
@@ -203,9 +200,8 @@ class LlavaCaption:
     def caption(self, image, model, prompt, user_text, text_mode, max_new_tokens, seed, dtype, quantization,
                 keep_loaded, auto_download):
         from ..pipelines.caption import combine_caption
-        from ..pipelines.image import comfy_to_bchw
 
-        images = comfy_to_bchw(image)
+        images = glue.comfy_to_bchw(image)
         if text_mode == "override":
             return ("\n".join(combine_caption("", user_text, "override") for _ in range(images.shape[0])),)
         captioner = _cached_captioner(glue.model_path(model, "LLM", auto_download), dtype, quantization)

@@ -95,10 +95,11 @@ class ApplyMultiPriorControlNet:
             return (positive, negative)
         from .stage2_native import MultiPriorControl
         percent_range = (start_percent, end_percent)
+        prior_tensors = {name: glue.comfy_to_bchw(image) for name, image in priors.items()}
 
         def attach(previous):
             if isinstance(control_net, MultiPriorControl):
-                return control_net.copy().set_priors(priors, strengths, strength, percent_range) \
+                return control_net.copy().set_priors(prior_tensors, strengths, strength, percent_range) \
                     .set_previous_controlnet(previous)
             return union_priors_control(control_net, priors, strengths, strength, percent_range, vae, previous)
 
@@ -116,7 +117,7 @@ def union_priors_control(union_control, priors: dict, strengths: dict, strength:
             continue
         c = union_control.copy()
         c.set_extra_arg("control_type", [UNION_TYPES[name]])
-        c.set_cond_hint(image[..., :3].movedim(-1, 1), weight, percent_range, vae=vae)
+        c.set_cond_hint(glue.comfy_to_bchw(image), weight, percent_range, vae=vae)
         c.set_previous_controlnet(chained)
         chained = c
     return chained

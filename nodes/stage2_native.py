@@ -19,7 +19,8 @@ class MultiPriorControl(comfy.controlnet.ControlBase):
     """DiffBody's multi-prior ControlNet as a CONTROL_NET: stacks with other ControlNets, follows
     start/end percent and strength like ComfyUI's own, and lets ComfyUI load/offload the network.
 
-    Priors are IMAGE-like tensors (B,H,W,3 or B,3,H,W); c_g is computed once per latent size per run.
+    Priors are (B,3,H,W) tensors in 0..1 (the node converts IMAGEs through the glue; ComfyUI's Apply
+    ControlNet hands its hint in that layout); c_g is computed once per latent size per run.
     With every prior strength (or the strength) at 0 it adds nothing, so sampling is exactly that of
     the unconditioned model."""
 
@@ -36,7 +37,7 @@ class MultiPriorControl(comfy.controlnet.ControlBase):
         unknown = set(priors) - set(PRIORS)
         if unknown:
             raise ValueError(f"DiffBody: unknown priors {sorted(unknown)}; expected {PRIORS}")
-        self.priors = {name: _as_bchw(image) for name, image in priors.items() if image is not None}
+        self.priors = {name: image for name, image in priors.items() if image is not None}
         self.prior_strengths = {name: float(strengths.get(name, 0.0)) for name in self.priors}
         self.strength = strength
         self.timestep_percent_range = percent_range
@@ -97,13 +98,6 @@ class MultiPriorControl(comfy.controlnet.ControlBase):
 
     def inference_memory_requirements(self, dtype):
         return super().inference_memory_requirements(dtype) + comfy.model_management.module_size(self.control_model)
-
-
-def _as_bchw(image: torch.Tensor) -> torch.Tensor:
-    """IMAGE (B,H,W,C) -> (B,3,H,W); (B,3,H,W) passes through."""
-    if image.ndim == 4 and image.shape[1] == 3 and image.shape[-1] != 3:
-        return image
-    return image[..., :3].movedim(-1, 1)
 
 
 class ColourAttention:
