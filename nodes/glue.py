@@ -12,6 +12,14 @@ from typing import Callable
 from ..models.files import FOLDERS, KNOWN_FILES, MissingModelFile, download, find_file, missing_message
 
 
+def running_inside_comfyui() -> bool:
+    try:
+        import folder_paths  # noqa: F401  (a top-level module only ComfyUI provides)
+    except ImportError:
+        return False
+    return hasattr(folder_paths, "folder_names_and_paths")
+
+
 def register_model_folders() -> None:
     """Add the pack's model folders to ComfyUI's `folder_paths` (called once, at pack import)."""
     import folder_paths
