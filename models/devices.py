@@ -1,18 +1,24 @@
 """The one device and dtype policy: which device "auto" means, and which dtype each kind of network runs in.
 
 The command line, the data preparation, the ComfyUI glue, LLaVA and the SwinIR cleaner all decide here;
-callers only say what they know (the device, what the host says its GPU supports). No ComfyUI.
+callers only say what they know (the device, what the host says its GPU supports). No ComfyUI, and
+torch only inside the functions, so the nodes can list DTYPE_CHOICES without loading it.
 """
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 DTYPE_CHOICES = ("auto", "float16", "bfloat16", "float32")
 
 
 def pick_device(name: str = "auto") -> torch.device:
     """A device name ("cpu", "cuda:1", ...), or for "auto" the first CUDA GPU when there is one, else the CPU."""
+    import torch
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
@@ -20,6 +26,8 @@ def pick_device(name: str = "auto") -> torch.device:
 
 def auto_dtype(*, fp16: bool, bf16: bool = False) -> torch.dtype:
     """The preference order every "auto" follows: float16 where it runs well, else bfloat16, else float32."""
+    import torch
+
     if fp16:
         return torch.float16
     if bf16:
@@ -29,6 +37,8 @@ def auto_dtype(*, fp16: bool, bf16: bool = False) -> torch.dtype:
 
 def named_dtype(name: str) -> torch.dtype:
     """"float32", "float16" or "bfloat16" -> the torch dtype (a choice the user made, not "auto")."""
+    import torch
+
     return getattr(torch, name)
 
 
@@ -45,6 +55,8 @@ def concrete_dtype(dtype: str, device) -> str:
     fp16 weights run natively (CUDA, MPS), bfloat16 on other accelerators, float32 on the CPU
     (half-precision matmuls there are slow or missing). Resolve it for the device captions will run
     on: a model loaded on the CPU and moved to the GPU later should not be float32."""
+    import torch
+
     if dtype not in DTYPE_CHOICES:
         raise ValueError(f"dtype must be one of {DTYPE_CHOICES}, got {dtype!r}")
     if dtype != "auto":
@@ -57,6 +69,8 @@ def bf16_usable(device: "torch.device | str") -> bool:
     """Whether this pack runs the SwinIR cleaner in bf16 on `device`: CUDA GPUs with native bf16 (compute
     capability 8.0+, Ampere and later). Never on the CPU, where bf16 matmuls are emulated on most
     processors and run slower than float32."""
+    import torch
+
     device = torch.device(device)
     if device.type != "cuda" or not torch.cuda.is_available():
         return False

@@ -20,6 +20,23 @@ def running_inside_comfyui() -> bool:
     return hasattr(folder_paths, "folder_names_and_paths")
 
 
+AUTO_DOWNLOAD_TOOLTIP = ("Off (default): a missing model file stops the run with a message saying where to put it. "
+                         "On: missing known files are downloaded from Hugging Face into the right ComfyUI models folder.")
+COMFY_DTYPE_TOOLTIP = "auto: what ComfyUI picks for your GPU (fp16/bf16), float32 on CPU."
+
+
+def auto_download_input(tooltip: str = AUTO_DOWNLOAD_TOOLTIP) -> tuple:
+    """The nodes' `auto_download` switch: off unless the user turns it on."""
+    return ("BOOLEAN", {"default": False, "tooltip": tooltip})
+
+
+def dtype_input(tooltip: str = COMFY_DTYPE_TOOLTIP) -> tuple:
+    """The nodes' `dtype` choice ("auto" or a dtype name, see models/devices.py)."""
+    from ..models.devices import DTYPE_CHOICES
+
+    return (list(DTYPE_CHOICES), {"default": "auto", "tooltip": tooltip})
+
+
 def register_model_folders() -> None:
     """Add the pack's model folders to ComfyUI's `folder_paths` (called once, at pack import)."""
     import folder_paths

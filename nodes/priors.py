@@ -61,7 +61,7 @@ class DepthNormalEstimator:
                                        "tooltip": "Marigold only: denoising steps per image (4 is its default)."}),
             "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFF,
                              "tooltip": "Marigold only: seed of its starting noise."}),
-            "auto_download": ("BOOLEAN", {"default": False, "tooltip": AUTO_DOWNLOAD_TOOLTIP}),
+            "auto_download": glue.auto_download_input(AUTO_DOWNLOAD_TOOLTIP),
         }}
 
     def estimate(self, image, depth_model: str, normal_source: str, marigold_steps: int, seed: int,

@@ -9,14 +9,6 @@ from __future__ import annotations
 from . import glue
 
 CATEGORY = "DiffBody/Stage 0"
-AUTO_DOWNLOAD_TOOLTIP = ("Off (default): a missing model file stops the run with a message saying where to put it. "
-                         "On: missing known files are downloaded from Hugging Face into the right ComfyUI models folder.")
-
-
-def _auto_download_input() -> tuple:
-    return ("BOOLEAN", {"default": False, "tooltip": AUTO_DOWNLOAD_TOOLTIP})
-
-
 class SwinIRLoader:
     DISPLAY_NAME = "DiffBody SwinIR Loader"
     DESCRIPTION = ("Loads DiffBIR's SwinIR cleaner (general_swinir_v1.ckpt or realesrgan_s4_swinir_100k.pth) from "
@@ -33,7 +25,7 @@ class SwinIRLoader:
             "model_name": (glue.list_files("upscale_models"), {
                 "default": "general_swinir_v1.ckpt",
                 "tooltip": "SwinIR checkpoint in models/upscale_models (DiffBIR v1 general or v2 Real-ESRGAN)."}),
-            "auto_download": _auto_download_input(),
+            "auto_download": glue.auto_download_input(),
         }}
 
     def load(self, model_name: str, auto_download: bool):
@@ -114,7 +106,7 @@ class PoseEstimator:
                 "default": "dw-ll_ucoco_384.onnx", "tooltip": "DWPose keypoint model (models/diffbody/pose)."}),
             "openpose_model": (glue.list_files("diffbody_pose"), {
                 "default": "body_pose_model.pth", "tooltip": "OpenPose body model (models/diffbody/pose)."}),
-            "auto_download": _auto_download_input(),
+            "auto_download": glue.auto_download_input(),
         }, "optional": {
             "mmpose_config": ("STRING", {
                 "default": "rtmpose-l_8xb32-270e_coco-wholebody-384x288.py",
@@ -188,13 +180,12 @@ class LlavaCaption:
             "max_new_tokens": ("INT", {"default": 77, "min": 8, "max": 512,
                                        "tooltip": "Longest caption, in tokens (CLIP reads 77 at most)."}),
             "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFF, "tooltip": "Seed for sampling the caption."}),
-            "dtype": (["auto", "float16", "bfloat16", "float32"], {
-                "default": "auto", "tooltip": "auto: fp16 on GPU, float32 on CPU."}),
+            "dtype": glue.dtype_input("auto: fp16 on GPU, float32 on CPU."),
             "quantization": (["none", "8bit", "4bit"], {
                 "default": "none", "tooltip": "8/4-bit weights to save VRAM (needs bitsandbytes and an NVIDIA GPU)."}),
             "keep_loaded": ("BOOLEAN", {"default": False,
                                         "tooltip": "Keep LLaVA in memory for the next run (faster re-runs, costs RAM)."}),
-            "auto_download": _auto_download_input(),
+            "auto_download": glue.auto_download_input(),
         }}
 
     def caption(self, image, model, prompt, user_text, text_mode, max_new_tokens, seed, dtype, quantization,

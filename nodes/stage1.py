@@ -33,8 +33,7 @@ class Stage1Loader:
                 "default": "diffbody_stage1_controlnet.safetensors",
                 "tooltip": "DiffBody stage-1 ControlNet on the SwinIR image latent; 'none' samples from pose and "
                            "caption alone (the network after the first training phase)."}),
-            "dtype": (["auto", "float16", "bfloat16", "float32"], {
-                "default": "auto", "tooltip": "auto: what ComfyUI picks for your GPU (fp16/bf16), float32 on CPU."}),
+            "dtype": glue.dtype_input(),
         }}
 
     def load(self, unet_name: str, controlnet_name: str, dtype: str):
