@@ -94,11 +94,10 @@ class ApplyMultiPriorControlNet:
             return (positive, negative)
         from .stage2_native import MultiPriorControl
         percent_range = (start_percent, end_percent)
-        prior_tensors = {name: glue.comfy_to_bchw(image) for name, image in priors.items()}
 
         def attach(previous):
             if isinstance(control_net, MultiPriorControl):
-                return control_net.copy().set_priors(prior_tensors, strengths, strength, percent_range) \
+                return control_net.copy().set_priors(priors, strengths, strength, percent_range) \
                     .set_previous_controlnet(previous)
             return union_priors_control(control_net, priors, strengths, strength, percent_range, vae, previous)
 

@@ -14,13 +14,15 @@ import torch
 from comfy.ldm.modules.attention import optimized_attention
 
 from ..models.multiprior_controlnet import PRIORS, MultiPriorControlNet
+from . import glue
+
 
 class MultiPriorControl(comfy.controlnet.ControlBase):
     """DiffBody's multi-prior ControlNet as a CONTROL_NET: stacks with other ControlNets, follows
     start/end percent and strength like ComfyUI's own, and lets ComfyUI load/offload the network.
 
-    Priors are (B,3,H,W) tensors in 0..1 (the node converts IMAGEs through the glue; ComfyUI's Apply
-    ControlNet hands its hint in that layout); c_g is computed once per latent size per run.
+    Priors come as IMAGEs (B,H,W,C in 0..1), converted once through the glue; c_g is computed once per
+    latent size per run.
     With every prior strength (or the strength) at 0 it adds nothing, so sampling is exactly that of
     the unconditioned model."""
 
@@ -37,16 +39,16 @@ class MultiPriorControl(comfy.controlnet.ControlBase):
         unknown = set(priors) - set(PRIORS)
         if unknown:
             raise ValueError(f"DiffBody: unknown priors {sorted(unknown)}; expected {PRIORS}")
-        self.priors = {name: image for name, image in priors.items() if image is not None}
+        self.priors = {name: glue.comfy_to_bchw(image) for name, image in priors.items() if image is not None}
         self.prior_strengths = {name: float(strengths.get(name, 0.0)) for name in self.priors}
         self.strength = strength
         self.timestep_percent_range = percent_range
         return self
 
     def set_cond_hint(self, cond_hint, strength=1.0, timestep_percent_range=(0.0, 1.0), vae=None, extra_concat=[]):
-        # ComfyUI's stock "Apply ControlNet" hands one image (B,3,H,W): use it as the cleaned-image prior.
+        # ComfyUI's stock "Apply ControlNet" hands one image as (B,3,H,W): back to IMAGE, the cleaned-image prior.
         super().set_cond_hint(cond_hint, strength, timestep_percent_range, vae, extra_concat)
-        return self.set_priors({"image": cond_hint}, {"image": 1.0}, strength, timestep_percent_range)
+        return self.set_priors({"image": cond_hint.movedim(1, -1)}, {"image": 1.0}, strength, timestep_percent_range)
 
     def active(self) -> bool:
         return MultiPriorControlNet.is_active(self.prior_strengths, self.strength)
