@@ -12,15 +12,11 @@ WEB_DIRECTORY = "./js"
 __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "WEB_DIRECTORY"]
 
 
-def _running_inside_comfyui() -> bool:
-    try:
-        import folder_paths  # noqa: F401  (a top-level module only ComfyUI provides)
-    except ImportError:
-        return False
-    return hasattr(folder_paths, "folder_names_and_paths")
+def _register_model_folders_inside_comfyui() -> None:
+    from .nodes.glue import register_model_folders, running_inside_comfyui
+
+    if running_inside_comfyui():
+        register_model_folders()
 
 
-if _running_inside_comfyui():
-    from .nodes.glue import register_model_folders
-
-    register_model_folders()
+_register_model_folders_inside_comfyui()

@@ -11,29 +11,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 from pathlib import Path
 
+from .models.files import default_models_dir
+
 # A plumbing check needs few steps; --stage1-steps / --stage2-steps still override it.
 TINY_STEPS = 2
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
-REPO_ROOT = Path(__file__).resolve().parent
 # --mode public's estimators (folders in diffbody/priors/), as in the bundled diffbody_public workflow:
 # Depth Anything V2 Small is Apache-2.0 (Base and Large are sharper but CC-BY-NC-4.0, non-commercial).
 PUBLIC_DEPTH_MODEL = "Depth-Anything-V2-Small-hf"
 PUBLIC_NORMAL_SOURCE = "marigold-normals-v1-1"
 FROM_DEPTH = "from depth"  # pipelines/depth_normal.py's name for normals computed from the depth
-
-
-def default_models_dir() -> Path:
-    """ComfyUI's models folder when the pack sits in ComfyUI/custom_nodes/, else ~/ComfyUI/models."""
-    if os.environ.get("DIFFBODY_MODELS_DIR"):
-        return Path(os.environ["DIFFBODY_MODELS_DIR"])
-    if REPO_ROOT.parent.name == "custom_nodes":
-        return REPO_ROOT.parent.parent / "models"
-    return Path.home() / "ComfyUI" / "models"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -161,49 +152,14 @@ def required_files(args) -> list[tuple[str, str]]:
 
 def resolve_files(args, models_dir: Path) -> dict[str, str]:
     """{file name: path}; with missing files, print each with where to get it and exit 2."""
-    return resolve_model_files(required_files(args), models_dir, download_missing=args.download,
-                               hint="--stage0-only runs stage 0 alone; ")
+    from .models.files import MissingModelFiles, resolve_model_files
 
-
-def resolve_model_files(wanted, models_dir: Path, *, download_missing: bool, hint: str = "") -> dict[str, str]:
-    """{file name: path} for (file name, folder) pairs in a ComfyUI-style models folder, downloading the
-    public ones when asked; with missing files, print each with where to get it and exit 2. `hint` names
-    the caller's own way around a missing file, before the common ones."""
-    from .models.files import KNOWN_FILES, default_dir, download, find_file, missing_message
-
-    paths, missing = {}, []
-    for name, folder in wanted:
-        directory = default_dir(str(models_dir), folder)
-        path = find_file(name, [directory])
-        if path is None and download_missing and name in KNOWN_FILES and KNOWN_FILES[name].downloadable:
-            path = download(name, directory)
-        if path is None:
-            missing.append(missing_message(name, folder, [directory], fetch_hint="Or pass --download to fetch it."))
-        else:
-            paths[name] = path
-    if missing:
-        print(f"Missing model files ({len(missing)}); models folder: {models_dir}\n", file=sys.stderr)
-        print("\n\n".join(missing), file=sys.stderr)
-        print(f"\nPass --models-dir if your ComfyUI models folder is elsewhere; {hint}--tiny runs a plumbing check "
-              "on tiny random weights.", file=sys.stderr)
-        raise SystemExit(2)
-    return paths
-
-
-def pick_device(name: str):
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def pick_dtype(name: str, device):
-    import torch
-
-    if name == "auto":
-        return torch.float16 if device.type == "cuda" else torch.float32
-    return getattr(torch, name)
+    try:
+        return resolve_model_files(required_files(args), models_dir, download_missing=args.download,
+                                   hint="--stage0-only runs stage 0 alone; ")
+    except MissingModelFiles as error:
+        print(error, file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def check_choices(args) -> None:
@@ -226,20 +182,27 @@ def model_paths(args, paths: dict[str, str]):
     from .pipelines.restore import ModelPaths
 
     diffusion = {role: paths[name] for role, (name, _) in diffusion_files(args).items()}
-    tiny_configs = {}
-    if args.tiny and not args.stage0_only:  # the tiny files are not ViT-H-14's and SDXL's shapes
+    return ModelPaths(swinir=paths[args.swinir], pose_backend=args.pose_backend,
+                      pose_files={role: paths[name] for role, name in MODEL_FILES[args.pose_backend].items() if name},
+                      llava=None if args.no_caption else paths[args.caption_model], **diffusion)
+
+
+def network_configs(args) -> dict[str, dict]:
+    """With --tiny, the shapes of the tiny single files, which are not ViT-H-14's and SDXL's (restore_images'
+    network_configs); none otherwise."""
+    configs = {}
+    if args.tiny and not args.stage0_only:
         from .testing.tiny.stage2 import tiny_clip_vision_kwargs
         from .testing.tiny.union import tiny_union_config
 
-        tiny_configs["clip_vision_config"] = tiny_clip_vision_kwargs()
+        configs["clip_vision"] = tiny_clip_vision_kwargs()
         if args.mode == "public":
-            tiny_configs["union_config"] = tiny_union_config()
-    return ModelPaths(swinir=paths[args.swinir], pose_backend=args.pose_backend,
-                      pose_files={role: paths[name] for role, name in MODEL_FILES[args.pose_backend].items() if name},
-                      llava=None if args.no_caption else paths[args.caption_model], **tiny_configs, **diffusion)
+            configs["union_controlnet"] = tiny_union_config()
+    return configs
 
 
 def restore_options(args, device):
+    from .models.devices import pick_dtype
     from .pipelines.restore import RestoreOptions
     from .pipelines.stage0 import Stage0Options
     from .pipelines.stage1 import DEFAULT_CFG
@@ -290,6 +253,7 @@ def restore(args) -> int:
     import numpy as np
     from PIL import Image
 
+    from .models.devices import pick_device
     from .pipelines.image import uint8_to_chw
     from .pipelines.restore import restore_images
 
@@ -306,7 +270,8 @@ def restore(args) -> int:
         models = model_paths(args, resolve_files(args, models_dir))
         device = pick_device(args.device)
         images = [uint8_to_chw(np.asarray(Image.open(p).convert("RGB"))).unsqueeze(0) for p in image_paths]
-        results = restore_images(images, models, restore_options(args, device))
+        results = restore_images(images, models, restore_options(args, device),
+                                 network_configs=network_configs(args))
     args.out.mkdir(parents=True, exist_ok=True)
     for path, result in zip(image_paths, results):
         save_results(result, args.out / path.stem, args.save_priors, args.stage0_only)

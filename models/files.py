@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 from dataclasses import dataclass, field
+from pathlib import Path
 
 PT_EXTENSIONS = frozenset({".ckpt", ".pt", ".pt2", ".bin", ".pth", ".safetensors", ".pkl", ".sft"})
 
@@ -25,6 +26,14 @@ class MissingModelFile(DiffBodyError):
 
 class WrongModelFile(DiffBodyError):
     """A file exists but is not the network the caller asked for."""
+
+
+class MissingModelFiles(MissingModelFile):
+    """Some of a command's model files are missing: the message lists each with where to get it."""
+
+    def __init__(self, message: str, missing: list[str]):
+        super().__init__(message)
+        self.missing = missing
 
 
 class MissingDependency(DiffBodyError):
@@ -226,6 +235,44 @@ def _link_or_copy(src: str, dst: str) -> None:
         os.link(src, dst)
     except OSError:
         shutil.copy2(src, dst)
+
+
+COMMAND_LINE_FETCH_HINT = "Or pass --download to fetch it."
+# The package's folder; inside ComfyUI it sits in ComfyUI/custom_nodes/.
+PACK_ROOT = Path(__file__).resolve().parent.parent
+
+
+def default_models_dir() -> Path:
+    """ComfyUI's models folder when the pack sits in ComfyUI/custom_nodes/, else ~/ComfyUI/models
+    ($DIFFBODY_MODELS_DIR overrides both): the command lines' default `--models-dir`."""
+    if os.environ.get("DIFFBODY_MODELS_DIR"):
+        return Path(os.environ["DIFFBODY_MODELS_DIR"])
+    if PACK_ROOT.parent.name == "custom_nodes":
+        return PACK_ROOT.parent.parent / "models"
+    return Path.home() / "ComfyUI" / "models"
+
+
+def resolve_model_files(wanted, models_dir: Path, *, download_missing: bool, hint: str = "") -> dict[str, str]:
+    """{file name: path} for (file name, folder) pairs in a ComfyUI-style models folder, for the command
+    lines (the nodes resolve through ComfyUI's folder_paths), downloading the public ones when asked.
+    With missing files, raise MissingModelFiles listing each with where to get it; `hint` names the
+    caller's own way around a missing file, before the common ones."""
+    paths, missing = {}, []
+    for name, folder in wanted:
+        directory = default_dir(str(models_dir), folder)
+        path = find_file(name, [directory])
+        if path is None and download_missing and name in KNOWN_FILES and KNOWN_FILES[name].downloadable:
+            path = download(name, directory)
+        if path is None:
+            missing.append(missing_message(name, folder, [directory], fetch_hint=COMMAND_LINE_FETCH_HINT))
+        else:
+            paths[name] = path
+    if missing:
+        raise MissingModelFiles(
+            f"Missing model files ({len(missing)}); models folder: {models_dir}\n\n" + "\n\n".join(missing)
+            + f"\n\nPass --models-dir if your ComfyUI models folder is elsewhere; {hint}--tiny runs a plumbing "
+              "check on tiny random weights.", missing)
+    return paths
 
 
 def read_json_object(path: str) -> dict | None:

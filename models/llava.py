@@ -18,9 +18,9 @@ import os
 
 import torch
 
+from .devices import concrete_dtype
 from .files import MissingDependency, MissingModelFile, WrongModelFile, check_all_weights_loaded, missing_message
 
-DTYPES = ("auto", "float16", "bfloat16", "float32")
 QUANTIZATIONS = ("none", "8bit", "4bit")
 WEIGHTS_INDEX = "model.safetensors.index.json"
 PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json", "tokenizer_config.json")
@@ -55,21 +55,6 @@ def load_llava(model_dir: str, *, dtype: str = "auto", quantization: str = "none
     if quantization == "none":
         model.to(target)
     return model.eval(), processor
-
-
-def concrete_dtype(dtype: str, device) -> str:
-    """The weights' dtype name for captioning on `device`. "auto": float16 where LLaVA's released
-    fp16 weights run natively (CUDA, MPS), bfloat16 on other accelerators, float32 on the CPU
-    (half-precision matmuls there are slow or missing). Resolve it for the device captions will run
-    on: a model loaded on the CPU and moved to the GPU later should not be float32."""
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
-    if dtype != "auto":
-        return dtype
-    kind = torch.device(device).type
-    if kind == "cpu":
-        return "float32"
-    return "float16" if kind in ("cuda", "mps") else "bfloat16"
 
 
 def check_quantization_support(quantization: str, device: torch.device) -> None:

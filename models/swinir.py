@@ -46,22 +46,6 @@ def load_swinir(path: str) -> "ImageModelDescriptor":
     return descriptor.eval()
 
 
-def bf16_usable(device: "torch.device | str") -> bool:
-    """Whether this pack runs the cleaner in bf16 on `device`: CUDA GPUs with native bf16 (compute
-    capability 8.0+, Ampere and later). Never on the CPU, where bf16 matmuls are emulated on most
-    processors and run slower than float32."""
-    device = torch.device(device)
-    if device.type != "cuda" or not torch.cuda.is_available():
-        return False
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    return torch.cuda.get_device_capability(index) >= (8, 0)
-
-
-def default_dtype(device: "torch.device | str") -> torch.dtype:
-    """The compute dtype for the cleaner on `device`: bf16 where usable, float32 otherwise (never fp16)."""
-    return torch.bfloat16 if bf16_usable(device) else torch.float32
-
-
 def _import_spandrel():
     try:
         import spandrel

@@ -15,9 +15,9 @@ def _match_size(before, after):
 
     if before.shape[1:3] == after.shape[1:3]:
         return before
-    resized = F.interpolate(before[..., :3].movedim(-1, 1), size=after.shape[1:3], mode="bicubic",
-                            align_corners=False, antialias=True)
-    return resized.clamp(0, 1).movedim(1, -1)
+    resized = F.interpolate(glue.comfy_to_bchw(before), size=after.shape[1:3], mode="bicubic", align_corners=False,
+                            antialias=True)
+    return glue.bchw_to_comfy(resized)
 
 
 class BeforeAfter:

@@ -1,4 +1,4 @@
-"""The one place that talks to ComfyUI: model folders, progress, cancel, devices, memory.
+"""The one place that talks to ComfyUI: model folders, IMAGE <-> tensor, progress, cancel, devices, memory.
 
 Every ComfyUI import is inside a function, so importing the pack stays cheap and the modules that
 use this file can still be imported (and their logic tested) outside ComfyUI.
@@ -10,6 +10,31 @@ import os
 from typing import Callable
 
 from ..models.files import FOLDERS, KNOWN_FILES, MissingModelFile, download, find_file, missing_message
+
+
+def running_inside_comfyui() -> bool:
+    try:
+        import folder_paths  # noqa: F401  (a top-level module only ComfyUI provides)
+    except ImportError:
+        return False
+    return hasattr(folder_paths, "folder_names_and_paths")
+
+
+AUTO_DOWNLOAD_TOOLTIP = ("Off (default): a missing model file stops the run with a message saying where to put it. "
+                         "On: missing known files are downloaded from Hugging Face into the right ComfyUI models folder.")
+COMFY_DTYPE_TOOLTIP = "auto: what ComfyUI picks for your GPU (fp16/bf16), float32 on CPU."
+
+
+def auto_download_input(tooltip: str = AUTO_DOWNLOAD_TOOLTIP) -> tuple:
+    """The nodes' `auto_download` switch: off unless the user turns it on."""
+    return ("BOOLEAN", {"default": False, "tooltip": tooltip})
+
+
+def dtype_input(tooltip: str = COMFY_DTYPE_TOOLTIP) -> tuple:
+    """The nodes' `dtype` choice ("auto" or a dtype name, see models/devices.py)."""
+    from ..models.devices import DTYPE_CHOICES
+
+    return (list(DTYPE_CHOICES), {"default": "auto", "tooltip": tooltip})
 
 
 def register_model_folders() -> None:
@@ -65,6 +90,37 @@ def model_path(filename: str, folder: str, auto_download: bool = False) -> str:
     if auto_download and filename in KNOWN_FILES and KNOWN_FILES[filename].downloadable:
         return download(filename, dirs[0])
     raise MissingModelFile(missing_message(filename, folder, dirs))
+
+
+def comfy_to_bchw(image: "torch.Tensor") -> "torch.Tensor":
+    """IMAGE (B,H,W,C) or (H,W,C) in 0..1 with C in 1..4 -> contiguous (B,3,H,W) float32 RGB in 0..1, what
+    the pipelines take. Inputs from other nodes can have 1, 2 or 4 channels or odd shapes: they are
+    normalised here, once, with clear errors."""
+    import torch
+
+    from ..pipelines.image import BadImage
+
+    if not isinstance(image, torch.Tensor):
+        raise BadImage(f"expected an IMAGE tensor, got {type(image).__name__}")
+    if image.ndim == 3:
+        image = image.unsqueeze(0)
+    if image.ndim != 4:
+        raise BadImage(f"expected an IMAGE of shape (batch, height, width, channels), got {tuple(image.shape)}")
+    b, h, w, c = image.shape
+    if b == 0 or h == 0 or w == 0:
+        raise BadImage(f"the image is empty (shape {tuple(image.shape)})")
+    if c in (1, 2):  # grey, grey + alpha
+        image = image[..., :1].expand(b, h, w, 3)
+    elif c == 4:  # RGBA: the alpha channel carries no colour to restore
+        image = image[..., :3]
+    elif c != 3:
+        raise BadImage(f"expected 1, 3 or 4 colour channels, got {c} (shape {tuple(image.shape)})")
+    return image.permute(0, 3, 1, 2).float().clamp(0, 1).contiguous()
+
+
+def bchw_to_comfy(images: "torch.Tensor") -> "torch.Tensor":
+    """(B,3,H,W) -> ComfyUI IMAGE (B,H,W,3) float32 on the CPU."""
+    return images.detach().permute(0, 2, 3, 1).float().clamp(0, 1).cpu().contiguous()
 
 
 def progress(total: int) -> Callable[[int, int], None]:
@@ -136,18 +192,14 @@ class on_compute_device:
 def preferred_dtype(choice: str = "auto"):
     """The dtype a diffusion network should run in: the user's choice, or for "auto" what ComfyUI
     would pick for the compute device (fp16/bf16 on GPUs that support it, float32 on the CPU)."""
-    import torch
+    from ..models.devices import auto_dtype, named_dtype
 
     if choice != "auto":
-        return getattr(torch, choice)
+        return named_dtype(choice)
     import comfy.model_management as mm
 
     device = mm.get_torch_device()
-    if mm.should_use_fp16(device):
-        return torch.float16
-    if mm.should_use_bf16(device):
-        return torch.bfloat16
-    return torch.float32
+    return auto_dtype(fp16=mm.should_use_fp16(device), bf16=mm.should_use_bf16(device))
 
 
 def wrap_for_memory_management(module):

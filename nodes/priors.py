@@ -61,22 +61,21 @@ class DepthNormalEstimator:
                                        "tooltip": "Marigold only: denoising steps per image (4 is its default)."}),
             "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFF,
                              "tooltip": "Marigold only: seed of its starting noise."}),
-            "auto_download": ("BOOLEAN", {"default": False, "tooltip": AUTO_DOWNLOAD_TOOLTIP}),
+            "auto_download": glue.auto_download_input(AUTO_DOWNLOAD_TOOLTIP),
         }}
 
     def estimate(self, image, depth_model: str, normal_source: str, marigold_steps: int, seed: int,
                  auto_download: bool):
         from ..pipelines.depth_normal import FROM_DEPTH
-        from ..pipelines.image import bchw_to_comfy, comfy_to_bchw
 
-        images = comfy_to_bchw(image)
+        images = glue.comfy_to_bchw(image)
         depth_dir = glue.model_path(depth_model, FOLDER, auto_download)
         normal_dir = None if normal_source == FROM_DEPTH else glue.model_path(normal_source, FOLDER, auto_download)
         estimator = _cached_estimator(depth_dir, normal_dir)
         estimator.normal_steps, estimator.seed = marigold_steps, seed
         with glue.on_compute_device(estimator, estimator.size_bytes()):
             depth, normal = estimator.estimate(images, progress=glue.progress(images.shape[0]))
-        return (bchw_to_comfy(depth), bchw_to_comfy(normal))
+        return (glue.bchw_to_comfy(depth), glue.bchw_to_comfy(normal))
 
 
 _estimator_cache: dict = {}

@@ -9,14 +9,6 @@ from __future__ import annotations
 from . import glue
 
 CATEGORY = "DiffBody/Stage 0"
-AUTO_DOWNLOAD_TOOLTIP = ("Off (default): a missing model file stops the run with a message saying where to put it. "
-                         "On: missing known files are downloaded from Hugging Face into the right ComfyUI models folder.")
-
-
-def _auto_download_input() -> tuple:
-    return ("BOOLEAN", {"default": False, "tooltip": AUTO_DOWNLOAD_TOOLTIP})
-
-
 class SwinIRLoader:
     DISPLAY_NAME = "DiffBody SwinIR Loader"
     DESCRIPTION = ("Loads DiffBIR's SwinIR cleaner (general_swinir_v1.ckpt or realesrgan_s4_swinir_100k.pth) from "
@@ -33,7 +25,7 @@ class SwinIRLoader:
             "model_name": (glue.list_files("upscale_models"), {
                 "default": "general_swinir_v1.ckpt",
                 "tooltip": "SwinIR checkpoint in models/upscale_models (DiffBIR v1 general or v2 Real-ESRGAN)."}),
-            "auto_download": _auto_download_input(),
+            "auto_download": glue.auto_download_input(),
         }}
 
     def load(self, model_name: str, auto_download: bool):
@@ -71,17 +63,16 @@ class SwinIRCleanup:
 
     def clean(self, swinir, image, upscale: float, tile_size: int, tile_stride: int):
         from ..pipelines.cleanup import clean_images
-        from ..pipelines.image import bchw_to_comfy, comfy_to_bchw
 
         if getattr(swinir, "scale", 1) != 1:
             raise ValueError(f"DiffBody SwinIR Cleanup expects a x1 cleaner such as DiffBIR's SwinIR, got a "
                              f"x{swinir.scale} upscaler; use ComfyUI's 'Upscale Image (using Model)' for upscalers.")
-        images = comfy_to_bchw(image)
+        images = glue.comfy_to_bchw(image)
         device = glue.torch_device()
         cleaned = clean_images(swinir, images, upscale=upscale, tile_size=tile_size,
                                tile_stride=min(tile_stride, tile_size), device=device,
                                progress=glue.progress(images.shape[0]))
-        return (bchw_to_comfy(cleaned),)
+        return (glue.bchw_to_comfy(cleaned),)
 
 
 class PoseEstimator:
@@ -115,7 +106,7 @@ class PoseEstimator:
                 "default": "dw-ll_ucoco_384.onnx", "tooltip": "DWPose keypoint model (models/diffbody/pose)."}),
             "openpose_model": (glue.list_files("diffbody_pose"), {
                 "default": "body_pose_model.pth", "tooltip": "OpenPose body model (models/diffbody/pose)."}),
-            "auto_download": _auto_download_input(),
+            "auto_download": glue.auto_download_input(),
         }, "optional": {
             "mmpose_config": ("STRING", {
                 "default": "rtmpose-l_8xb32-270e_coco-wholebody-384x288.py",
@@ -127,8 +118,6 @@ class PoseEstimator:
 
     def estimate(self, image, backend, draw_hands, draw_face, dwpose_detector, dwpose_estimator, openpose_model,
                  auto_download, mmpose_config="", mmpose_checkpoint=""):
-        from ..pipelines.image import comfy_to_bchw
-        from ..pipelines.image import bchw_to_comfy
         from ..pipelines.pose.backends import estimate_and_draw
 
         if backend == "mmpose":
@@ -140,11 +129,11 @@ class PoseEstimator:
                  "mmpose": {"config": mmpose_config, "checkpoint": mmpose_checkpoint, "det": dwpose_detector},
                  }.get(backend, {})
         paths = {role: glue.model_path(name, "diffbody_pose", auto_download) for role, name in files.items()}
-        images = comfy_to_bchw(image)
+        images = glue.comfy_to_bchw(image)
         estimator = _cached_estimator(backend, paths, str(glue.torch_device()))
         pose_images, frames = estimate_and_draw(estimator, images, hands=draw_hands, face=draw_face,
                                                 progress=glue.progress(images.shape[0]))
-        return (bchw_to_comfy(pose_images), frames)
+        return (glue.bchw_to_comfy(pose_images), frames)
 
 
 _estimator_cache: dict = {}
@@ -191,21 +180,19 @@ class LlavaCaption:
             "max_new_tokens": ("INT", {"default": 77, "min": 8, "max": 512,
                                        "tooltip": "Longest caption, in tokens (CLIP reads 77 at most)."}),
             "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFF, "tooltip": "Seed for sampling the caption."}),
-            "dtype": (["auto", "float16", "bfloat16", "float32"], {
-                "default": "auto", "tooltip": "auto: fp16 on GPU, float32 on CPU."}),
+            "dtype": glue.dtype_input("auto: fp16 on GPU, float32 on CPU."),
             "quantization": (["none", "8bit", "4bit"], {
                 "default": "none", "tooltip": "8/4-bit weights to save VRAM (needs bitsandbytes and an NVIDIA GPU)."}),
             "keep_loaded": ("BOOLEAN", {"default": False,
                                         "tooltip": "Keep LLaVA in memory for the next run (faster re-runs, costs RAM)."}),
-            "auto_download": _auto_download_input(),
+            "auto_download": glue.auto_download_input(),
         }}
 
     def caption(self, image, model, prompt, user_text, text_mode, max_new_tokens, seed, dtype, quantization,
                 keep_loaded, auto_download):
         from ..pipelines.caption import combine_caption
-        from ..pipelines.image import comfy_to_bchw
 
-        images = comfy_to_bchw(image)
+        images = glue.comfy_to_bchw(image)
         if text_mode == "override":
             return ("\n".join(combine_caption("", user_text, "override") for _ in range(images.shape[0])),)
         captioner = _cached_captioner(glue.model_path(model, "LLM", auto_download), dtype, quantization)
@@ -223,7 +210,7 @@ _captioner_cache: dict = {}
 
 
 def _cached_captioner(path: str, dtype: str, quantization: str):
-    from ..models.llava import concrete_dtype
+    from ..models.devices import concrete_dtype
     from ..pipelines.caption import LlavaCaptioner
 
     # Resolve "auto" for the device it will run on (fp16 on a GPU), not the CPU it is loaded on.

@@ -33,8 +33,7 @@ class Stage1Loader:
                 "default": "diffbody_stage1_controlnet.safetensors",
                 "tooltip": "DiffBody stage-1 ControlNet on the SwinIR image latent; 'none' samples from pose and "
                            "caption alone (the network after the first training phase)."}),
-            "dtype": (["auto", "float16", "bfloat16", "float32"], {
-                "default": "auto", "tooltip": "auto: what ComfyUI picks for your GPU (fp16/bf16), float32 on CPU."}),
+            "dtype": glue.dtype_input(),
         }}
 
     def load(self, unet_name: str, controlnet_name: str, dtype: str):
@@ -93,10 +92,9 @@ class Stage1Sampler:
 
     def sample(self, stage1, vae, positive, negative, image, pose_image, seed, steps, scheduler, cfg,
                control_strength, size_mode):
-        from ..pipelines.image import bchw_to_comfy, comfy_to_bchw
         from ..pipelines.stage1 import Stage1Pipeline
 
-        images, poses = comfy_to_bchw(image), comfy_to_bchw(pose_image)
+        images, poses = glue.comfy_to_bchw(image), glue.comfy_to_bchw(pose_image)
         glue.load_to_compute_device(stage1)
         networks = stage1.model
         text = glue.PrecomputedText(positive=glue.conditioning_tensor(positive),
@@ -106,7 +104,7 @@ class Stage1Sampler:
         result = pipeline(images, poses, [text.POSITIVE] * images.shape[0], text.NEGATIVE, steps=steps,
                           scheduler=scheduler, cfg=cfg, seed=seed, control_scale=control_strength,
                           size_mode=size_mode, progress=glue.progress(steps))
-        return (bchw_to_comfy(result.rgb), bchw_to_comfy(result.depth), bchw_to_comfy(result.normal))
+        return (glue.bchw_to_comfy(result.rgb), glue.bchw_to_comfy(result.depth), glue.bchw_to_comfy(result.normal))
 
 
 NODE_CLASS_MAPPINGS = {

@@ -36,8 +36,7 @@ class MultiPriorControlNetLoader:
             "controlnet_name": (glue.list_files("diffbody"), {
                 "default": "diffbody_stage2_controlnet.safetensors",
                 "tooltip": "DiffBody stage-2 ControlNet (models/diffbody, DiffBody safetensors layout)."}),
-            "dtype": (["auto", "float16", "bfloat16", "float32"], {
-                "default": "auto", "tooltip": "auto: what ComfyUI picks for your GPU (fp16/bf16), float32 on CPU."}),
+            "dtype": glue.dtype_input(),
         }}
 
     def load(self, controlnet_name: str, dtype: str):
@@ -116,7 +115,7 @@ def union_priors_control(union_control, priors: dict, strengths: dict, strength:
             continue
         c = union_control.copy()
         c.set_extra_arg("control_type", [UNION_TYPES[name]])
-        c.set_cond_hint(image[..., :3].movedim(-1, 1), weight, percent_range, vae=vae)
+        c.set_cond_hint(glue.comfy_to_bchw(image), weight, percent_range, vae=vae)
         c.set_previous_controlnet(chained)
         chained = c
     return chained
@@ -159,8 +158,8 @@ class ColourAdapterLoader:
                 "default": "diffbody_colour_adapter.safetensors",
                 "tooltip": "diffbody_colour_adapter.safetensors, or ip-adapter-plus_sdxl_vit-h.safetensors "
                            "for the public-weights mode."}),
-            "auto_download": ("BOOLEAN", {"default": False, "tooltip": "Download the public IP-Adapter Plus XL "
-                                                                       "file if it is missing (off by default)."}),
+            "auto_download": glue.auto_download_input("Download the public IP-Adapter Plus XL file if it is missing "
+                                                      "(off by default)."),
         }}
 
     def load(self, adapter_name: str, auto_download: bool):

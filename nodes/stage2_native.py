@@ -14,12 +14,15 @@ import torch
 from comfy.ldm.modules.attention import optimized_attention
 
 from ..models.multiprior_controlnet import PRIORS, MultiPriorControlNet
+from . import glue
+
 
 class MultiPriorControl(comfy.controlnet.ControlBase):
     """DiffBody's multi-prior ControlNet as a CONTROL_NET: stacks with other ControlNets, follows
     start/end percent and strength like ComfyUI's own, and lets ComfyUI load/offload the network.
 
-    Priors are IMAGE-like tensors (B,H,W,3 or B,3,H,W); c_g is computed once per latent size per run.
+    Priors come as IMAGEs (B,H,W,C in 0..1), converted once through the glue; c_g is computed once per
+    latent size per run.
     With every prior strength (or the strength) at 0 it adds nothing, so sampling is exactly that of
     the unconditioned model."""
 
@@ -36,16 +39,16 @@ class MultiPriorControl(comfy.controlnet.ControlBase):
         unknown = set(priors) - set(PRIORS)
         if unknown:
             raise ValueError(f"DiffBody: unknown priors {sorted(unknown)}; expected {PRIORS}")
-        self.priors = {name: _as_bchw(image) for name, image in priors.items() if image is not None}
+        self.priors = {name: glue.comfy_to_bchw(image) for name, image in priors.items() if image is not None}
         self.prior_strengths = {name: float(strengths.get(name, 0.0)) for name in self.priors}
         self.strength = strength
         self.timestep_percent_range = percent_range
         return self
 
     def set_cond_hint(self, cond_hint, strength=1.0, timestep_percent_range=(0.0, 1.0), vae=None, extra_concat=[]):
-        # ComfyUI's stock "Apply ControlNet" hands one image (B,3,H,W): use it as the cleaned-image prior.
+        # ComfyUI's stock "Apply ControlNet" hands one image as (B,3,H,W): back to IMAGE, the cleaned-image prior.
         super().set_cond_hint(cond_hint, strength, timestep_percent_range, vae, extra_concat)
-        return self.set_priors({"image": cond_hint}, {"image": 1.0}, strength, timestep_percent_range)
+        return self.set_priors({"image": cond_hint.movedim(1, -1)}, {"image": 1.0}, strength, timestep_percent_range)
 
     def active(self) -> bool:
         return MultiPriorControlNet.is_active(self.prior_strengths, self.strength)
@@ -97,13 +100,6 @@ class MultiPriorControl(comfy.controlnet.ControlBase):
 
     def inference_memory_requirements(self, dtype):
         return super().inference_memory_requirements(dtype) + comfy.model_management.module_size(self.control_model)
-
-
-def _as_bchw(image: torch.Tensor) -> torch.Tensor:
-    """IMAGE (B,H,W,C) -> (B,3,H,W); (B,3,H,W) passes through."""
-    if image.ndim == 4 and image.shape[1] == 3 and image.shape[-1] != 3:
-        return image
-    return image[..., :3].movedim(-1, 1)
 
 
 class ColourAttention:

@@ -12,7 +12,7 @@ from typing import Callable
 
 import torch
 
-from .image import BadImage, chw_to_uint8
+from .image import check_bchw, chw_to_uint8
 from .prompts import DEFAULT_CAPTION_PROMPT as DEFAULT_PROMPT
 
 # LLaVA 1.5's conversation format, for folders saved before llava-hf added a chat template.
@@ -69,7 +69,7 @@ def caption_images(model, processor, images: torch.Tensor, *, prompt: str = DEFA
     give the same caption (sampling draws from a private, seeded random stream). `progress(done,
     total)` is called after each image; an exception it raises (a cancel) stops the run.
     """
-    _check_images(images)
+    check_bchw(images, "the images to caption", floats_only=False)
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
     target = torch.device(device) if device is not None else model.device
@@ -113,14 +113,6 @@ def combine_caption(generated: str, user_text: str, mode: str = "append") -> str
     first, second = (generated, user_text) if mode == "append" else (user_text, generated)
     separator = " " if first[-1] in ".,;:!?" else ", "
     return first + separator + second
-
-
-def _check_images(images) -> None:
-    if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != 3:
-        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
-        raise BadImage(f"captioning expects images of shape (batch, 3, height, width), got {shape}")
-    if images.shape[0] == 0 or images.shape[2] == 0 or images.shape[3] == 0:
-        raise BadImage(f"captioning got an empty image batch (shape {tuple(images.shape)})")
 
 
 def _model_inputs(processor, image: torch.Tensor, text: str, device: torch.device, dtype: torch.dtype) -> dict:

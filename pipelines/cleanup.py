@@ -30,8 +30,8 @@ from typing import TYPE_CHECKING, Callable
 import torch
 import torch.nn.functional as F
 
-from ..models.swinir import default_dtype
-from .image import BadImage
+from ..models.devices import default_dtype
+from .image import check_bchw
 
 if TYPE_CHECKING:
     from spandrel import ImageModelDescriptor
@@ -61,7 +61,7 @@ def clean_images(
     `bf16_usable(device)`, else float32). progress(done, total) is called after every tile of the
     whole batch; an exception raised in it stops the work and propagates.
     """
-    _check_images(images)
+    check_bchw(images, "the images to clean")
     _check_tiling(tile_size, tile_stride, model.size_requirements.multiple_of)
     if not upscale > 0 or not math.isfinite(upscale):
         raise ValueError(f"upscale must be a positive number, got {upscale}")
@@ -193,16 +193,6 @@ def _compute_dtype(device: torch.device, dtype: torch.dtype | None) -> torch.dty
     if dtype not in (torch.bfloat16, torch.float32):
         raise ValueError(f"dtype must be torch.bfloat16 or torch.float32, got {dtype}")
     return dtype
-
-
-def _check_images(images: torch.Tensor) -> None:
-    if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != 3:
-        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
-        raise BadImage(f"the cleaner expects images of shape (batch, 3, height, width), got {shape}")
-    if not images.is_floating_point():
-        raise BadImage(f"the cleaner expects float images in 0..1, got {images.dtype}")
-    if 0 in images.shape:
-        raise BadImage(f"the image is empty (shape {tuple(images.shape)})")
 
 
 def _check_tiling(tile_size: int, tile_stride: int, multiple: int) -> None:

@@ -34,7 +34,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from .image import BadImage
+from .image import check_bchw
 
 FROM_DEPTH = "from depth"
 ProgressFn = Callable[[int, int], None]
@@ -71,7 +71,7 @@ class DepthNormalEstimator:
         float32 on the CPU at the input size. One image at a time on the estimators' device (each result
         is independent of the batch); `progress(done, total)` after each image - an exception it raises
         (ComfyUI's cancel) stops the run."""
-        _check_images(images)
+        check_bchw(images, "the images for depth/normal estimation", floats_only=False)
         device = self.depth.device
         depths, normals = [], []
         for index in range(images.shape[0]):
@@ -118,11 +118,3 @@ def normals_from_depth(depth: torch.Tensor) -> torch.Tensor:
     vectors = torch.cat([gradients, torch.ones_like(depth)], dim=1)
     unit = vectors / vectors.norm(dim=1, keepdim=True)
     return ((unit + 1) / 2).clamp(0, 1)
-
-
-def _check_images(images) -> None:
-    if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != 3:
-        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
-        raise BadImage(f"depth/normal estimation expects images of shape (batch, 3, height, width), got {shape}")
-    if images.shape[0] == 0 or images.shape[2] == 0 or images.shape[3] == 0:
-        raise BadImage(f"depth/normal estimation got an empty image batch (shape {tuple(images.shape)})")

@@ -1,8 +1,7 @@
-"""Image tensors in the layouts the rest of the pack expects.
+"""Image tensors in the layouts the pipelines take, and the one check of them.
 
-ComfyUI's IMAGE is (B, H, W, C) float in 0..1; everything below the nodes works on (B, 3, H, W) RGB
-float in 0..1, or on (H, W, 3) uint8 RGB arrays for the numpy/OpenCV code (pose). Inputs from other
-nodes can have 1, 2 or 4 channels or odd shapes: they are normalised here, once, with clear errors.
+Everything below the nodes works on (B, 3, H, W) RGB float in 0..1 (ComfyUI's IMAGE is converted to
+that once, in nodes/glue.py), or on (H, W, 3) uint8 RGB arrays for the numpy/OpenCV code (pose).
 """
 
 from __future__ import annotations
@@ -21,31 +20,36 @@ class BadImage(DiffBodyError):
     """An input image the pack cannot interpret."""
 
 
-def comfy_to_bchw(image: "torch.Tensor") -> "torch.Tensor":
-    """(B,H,W,C) or (H,W,C) in 0..1 with C in 1..4 -> contiguous (B,3,H,W) float32 RGB in 0..1."""
+class EmptyImage(BadImage):
+    """An input image with no pixels (or an empty batch)."""
+
+
+class WrongChannelCount(BadImage):
+    """An input image that is not (B, 3, H, W)."""
+
+
+def check_bchw(images, what: str, *, floats_only: bool = True, allow_empty: bool = False,
+               error: type[Exception] | None = None) -> None:
+    """The one check of what the pipelines take: a (B, 3, H, W) tensor, float in 0..1 (`floats_only`), with
+    pixels (unless `allow_empty`). `what` names the input in the message ("the cleaned image"). Raises
+    WrongChannelCount / EmptyImage / BadImage, or `error` for every problem when the caller has its own."""
     import torch
 
-    if not isinstance(image, torch.Tensor):
-        raise BadImage(f"expected an IMAGE tensor, got {type(image).__name__}")
-    if image.ndim == 3:
-        image = image.unsqueeze(0)
-    if image.ndim != 4:
-        raise BadImage(f"expected an IMAGE of shape (batch, height, width, channels), got {tuple(image.shape)}")
-    b, h, w, c = image.shape
-    if b == 0 or h == 0 or w == 0:
-        raise BadImage(f"the image is empty (shape {tuple(image.shape)})")
-    if c in (1, 2):  # grey, grey + alpha
-        image = image[..., :1].expand(b, h, w, 3)
-    elif c == 4:  # RGBA: the alpha channel carries no colour to restore
-        image = image[..., :3]
-    elif c != 3:
-        raise BadImage(f"expected 1, 3 or 4 colour channels, got {c} (shape {tuple(image.shape)})")
-    return image.permute(0, 3, 1, 2).float().clamp(0, 1).contiguous()
+    def fail(kind: type[Exception], message: str):
+        return (error or kind)(f"{what} {message}")
 
-
-def bchw_to_comfy(images: "torch.Tensor") -> "torch.Tensor":
-    """(B,3,H,W) -> ComfyUI IMAGE (B,H,W,3) float32 on the CPU."""
-    return images.detach().permute(0, 2, 3, 1).float().clamp(0, 1).cpu().contiguous()
+    if not isinstance(images, torch.Tensor):
+        raise fail(WrongChannelCount, f"must be a tensor of shape (batch, 3, height, width), got {type(images).__name__}")
+    shape = tuple(images.shape)
+    if images.ndim != 4:
+        raise fail(WrongChannelCount, f"must be of shape (batch, 3, height, width), got {shape}")
+    if images.shape[1] != 3:
+        raise fail(WrongChannelCount, f"must have 3 colour channels, got {images.shape[1]} (shape {shape}; "
+                                      "expected (batch, 3, height, width))")
+    if not allow_empty and 0 in shape:
+        raise fail(EmptyImage, f"is empty (shape {shape})")
+    if floats_only and not images.is_floating_point():
+        raise fail(BadImage, f"must be float in 0..1, got {images.dtype}")
 
 
 def chw_to_uint8(image: "torch.Tensor") -> np.ndarray:

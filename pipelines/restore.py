@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import gc
 from dataclasses import dataclass, field
-from typing import Callable, ContextManager
+from typing import Callable, ContextManager, Mapping
 
 import torch
 
@@ -48,10 +48,8 @@ class ModelPaths:
     stage2_controlnet: str | None = None
     colour_adapter: str | None = None  # public mode: ip-adapter-plus_sdxl_vit-h.safetensors
     clip_vision: str | None = None
-    clip_vision_config: dict | None = None  # CLIPVisionConfig arguments of a single file (None: ViT-H-14)
     # public-weights mode
     union_controlnet: str | None = None  # ControlNet-Union SDXL (xinsir's ProMax single file)
-    union_config: dict | None = None  # ControlNetUnionModel arguments (None: SDXL's)
     depth_model: str | None = None  # depth estimator folder
     normal_model: str | None = None  # Marigold normals folder; None: normals from the depth
 
@@ -102,9 +100,16 @@ def tqdm_progress(description: str, total: int, unit: str) -> ContextManager:
     return tqdm(total=total, desc=description, unit=unit, leave=False)
 
 
+# role -> constructor arguments of a single-file network whose file does not carry them: "clip_vision"
+# (CLIPVisionConfig; default ViT-H-14), "union_controlnet" (ControlNetUnionModel; default SDXL's).
+NetworkConfigs = Mapping[str, dict]
+
+
 def restore_images(images: list[torch.Tensor], models: ModelPaths, options: RestoreOptions,
-                   progress: Progress = tqdm_progress) -> list[RestoreResult]:
-    """Degraded images, each (1, 3, H, W) float in 0..1 (sizes may differ) -> one RestoreResult each."""
+                   progress: Progress = tqdm_progress, *,
+                   network_configs: NetworkConfigs | None = None) -> list[RestoreResult]:
+    """Degraded images, each (1, 3, H, W) float in 0..1 (sizes may differ) -> one RestoreResult each.
+    network_configs: only for networks of other shapes than the released ones (the --tiny plumbing check)."""
     if options.mode not in MODES:
         raise ValueError(f"unknown mode {options.mode!r}; choose one of {', '.join(MODES)}")
     public = options.mode == "public"
@@ -123,7 +128,7 @@ def restore_images(images: list[torch.Tensor], models: ModelPaths, options: Rest
             _recaption(results, captioner, options, progress)
         del captioner
         _release()
-    _run_stage2(results, models, options, progress)
+    _run_stage2(results, models, options, progress, network_configs or {})
     return results
 
 
@@ -210,8 +215,9 @@ def _recaption(results: list[RestoreResult], captioner, options: RestoreOptions,
             bar.update(1)
 
 
-def _run_stage2(results: list[RestoreResult], models: ModelPaths, options: RestoreOptions, progress) -> None:
-    pipeline = _load_stage2(models, options)
+def _run_stage2(results: list[RestoreResult], models: ModelPaths, options: RestoreOptions, progress,
+                network_configs: NetworkConfigs) -> None:
+    pipeline = _load_stage2(models, options, network_configs)
     strengths = dict(zip(PRIORS, options.strengths))
     with progress("stage 2 (final restoration)", len(results), "image") as images_bar:
         for result in results:
@@ -224,7 +230,7 @@ def _run_stage2(results: list[RestoreResult], models: ModelPaths, options: Resto
     _release()
 
 
-def _load_stage2(models: ModelPaths, options: RestoreOptions):
+def _load_stage2(models: ModelPaths, options: RestoreOptions, network_configs: NetworkConfigs):
     from ..models.colour_adapter import load_colour_adapter
     from .stage2 import Stage2Pipeline, load_clip_vision, load_sdxl_parts
 
@@ -236,13 +242,14 @@ def _load_stage2(models: ModelPaths, options: RestoreOptions):
         from .union_control import UnionPriorControl
 
         controlnet = UnionPriorControl(load_union_controlnet(models.union_controlnet, device=device, dtype=dtype,
-                                                             config=models.union_config))
+                                                             config=network_configs.get("union_controlnet")))
     else:
         from ..models.stage2_weights import load_multiprior
 
         controlnet = load_multiprior(models.stage2_controlnet, dtype=dtype).to(device)
     adapter = load_colour_adapter(models.colour_adapter, unet.config, dtype=dtype).to(device)
-    image_encoder = load_clip_vision(models.clip_vision, device=device, dtype=dtype, config=models.clip_vision_config)
+    image_encoder = load_clip_vision(models.clip_vision, device=device, dtype=dtype,
+                                     config=network_configs.get("clip_vision"))
     return Stage2Pipeline(unet, vae, text_encoders, controlnet, adapter, image_encoder)
 
 

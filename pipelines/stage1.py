@@ -45,7 +45,7 @@ from ..models.files import DiffBodyError
 from ..models.joint_unet import BRANCHES
 from .buckets import plan_resize
 from . import sampling
-from .image import BadImage
+from .image import BadImage, check_bchw
 from .sampling import check_scheduler, guidance_batch, guided, initial_noise, item_generators, scheduler_step
 from .sd_components import LatentCodec, TextEncoder
 
@@ -64,14 +64,6 @@ MAX_STEPS = 1000
 SD21_TRAINING_SCHEDULE = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
                               beta_schedule="scaled_linear", prediction_type="epsilon", steps_offset=1,
                               timestep_spacing="leading")
-
-
-class EmptyImage(BadImage):
-    """An input image with no pixels (or an empty batch)."""
-
-
-class WrongChannelCount(BadImage):
-    """An input image that is not (B, 3, H, W)."""
 
 
 class ImageSizeMismatch(BadImage):
@@ -276,16 +268,7 @@ def validate_stage1_inputs(image_ir: torch.Tensor, pose_image: torch.Tensor, cap
     """Raise a DiffBodyError subclass naming the problem unless both images are (B, 3, H, W) float tensors of
     one size and there is one caption per image."""
     for name, images in (("cleaned image", image_ir), ("pose image", pose_image)):
-        if not isinstance(images, torch.Tensor) or not images.is_floating_point():
-            raise BadImage(f"the {name} must be a float tensor in 0..1, got "
-                           f"{getattr(images, 'dtype', type(images).__name__)}")
-        if images.ndim != 4:
-            raise WrongChannelCount(f"the {name} must be (batch, 3, height, width), got shape {tuple(images.shape)}")
-        if 0 in images.shape:
-            raise EmptyImage(f"the {name} is empty (shape {tuple(images.shape)})")
-        if images.shape[1] != 3:
-            raise WrongChannelCount(f"the {name} must have 3 colour channels, got {images.shape[1]} "
-                                    f"(shape {tuple(images.shape)})")
+        check_bchw(images, f"the {name}")
     if image_ir.shape != pose_image.shape:
         raise ImageSizeMismatch(
             f"the pose image ({_describe(pose_image)}) must match the cleaned image ({_describe(image_ir)}); "

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from comfyui_diffbody.pipelines.image import BadImage, bchw_to_comfy, chw_to_uint8, comfy_to_bchw, uint8_to_chw
+from comfyui_diffbody.nodes.glue import bchw_to_comfy, comfy_to_bchw
+from comfyui_diffbody.pipelines.image import BadImage, chw_to_uint8, uint8_to_chw
 
 
 @pytest.mark.parametrize("channels", [1, 2, 3, 4])

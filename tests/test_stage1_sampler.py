@@ -16,16 +16,15 @@ from comfyui_diffbody.models.files import DiffBodyError, MissingModelFile
 from comfyui_diffbody.models.joint_unet import BRANCHES, JointUNet, JointUNetConfig
 from comfyui_diffbody.models.stage1_controlnet import Stage1ControlNet, Stage1ControlResiduals
 from comfyui_diffbody.pipelines.buckets import BUCKETS, UnknownSizeMode, nearest_bucket, plan_resize
+from comfyui_diffbody.pipelines.image import EmptyImage, WrongChannelCount
 from comfyui_diffbody.pipelines.sampling import UnknownScheduler
 from comfyui_diffbody.pipelines.sd_components import DiffusersVAE, load_sd21_components
 from comfyui_diffbody.pipelines.stage1 import (
     SCHEDULERS,
     CaptionCountMismatch,
     ComponentMismatch,
-    EmptyImage,
     ImageSizeMismatch,
     Stage1Pipeline,
-    WrongChannelCount,
     make_scheduler,
     sample_joint,
 )

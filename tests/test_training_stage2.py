@@ -223,7 +223,7 @@ def test_a_step_feeds_the_controlnet_swinir_of_the_degraded_photo_and_sdxl_micro
     time ids are (H, W, 0, 0, H, W); a dropped caption is the empty prompt."""
     from comfyui_diffbody.training import stage2_common as common
     from comfyui_diffbody.training.dataset import ManifestDataset, collate_items
-    from comfyui_diffbody.training.train_stage1_controlnet import Cleaner, degraded_and_cleaned
+    from comfyui_diffbody.training.shared import Cleaner, degraded_and_cleaned
 
     batch = collate_items([ManifestDataset(tiny_data)[i] for i in (1, 3)])  # the two 128x64 items
     sdxl = common.load_frozen_sdxl(tiny_parts["sdxl"])

@@ -249,11 +249,9 @@ def quantize_8bit(img: torch.Tensor) -> torch.Tensor:
 
 
 def _check_images(hq: torch.Tensor, multiple: int) -> None:
-    if not isinstance(hq, torch.Tensor) or hq.ndim != 4 or hq.shape[1] != 3:
-        shape = tuple(hq.shape) if isinstance(hq, torch.Tensor) else type(hq).__name__
-        raise DegradationError(f"expected RGB images of shape (batch, 3, height, width), got {shape}")
-    if not hq.is_floating_point():
-        raise DegradationError(f"expected float images in 0..1, got dtype {hq.dtype}")
+    from ..pipelines.image import check_bchw
+
+    check_bchw(hq, "the photos to degrade", allow_empty=True, error=DegradationError)
     h, w = hq.shape[-2:]
     if h % multiple or w % multiple:
         raise DegradationError(f"height and width must be multiples of {multiple}, got {h}x{w}")

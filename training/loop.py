@@ -297,15 +297,57 @@ def run_training(
     hparams: the phase's own settings, stored beside the TrainConfig in output_dir/train_config.json.
     Returns this process's loss for every optimiser step run by this call (mean over its micro-batches).
     """
-    from .dataset import BucketBatchSampler
-
     accelerator = accelerator or make_accelerator(config)
-    device = accelerator.device
-    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(str(accelerator.mixed_precision), torch.float32)
     os.makedirs(config.output_dir, exist_ok=True)
     if accelerator.is_main_process:
         _write_config(config, hparams, accelerator)
+    params = _place_networks(accelerator, config, trainable, frozen, frozen_fp32)
+    model, optimizer, lr_schedule = _prepare_optimiser(accelerator, config, trainable, params)
+    sampler = _bucket_sampler(accelerator, config, dataset, bucket_keys)
+    state = LoopState(num_processes=accelerator.num_processes, train_batch_size=config.train_batch_size)
+    resume = resolve_checkpoint(config)
+    if resume is not None:
+        state = _resume(accelerator, resume, state)
 
+    if config.report_to:
+        accelerator.init_trackers(config.tracker_project_name,
+                                  config=_flat_hparams(dataclasses.asdict(config), hparams))
+    logger = _JsonlLog(os.path.join(config.output_dir, "logs", LOG_FILE), accelerator.is_main_process)
+    batches = _batches(sampler, dataset, collate_fn, config, state.micro_batches, accelerator.device)
+    losses: list[float] = []
+    window: list[torch.Tensor] = []
+    started = time.monotonic()
+    accelerator.print(f"training {sum(p.numel() for p in params) / 1e6:.2f}M parameters for "
+                      f"{config.max_steps - state.step} steps from step {state.step}; batch per step "
+                      f"{config.train_batch_size} x {accelerator.num_processes} processes x "
+                      f"{config.gradient_accumulation_steps} accumulation")
+    while state.step < config.max_steps:
+        step_loss, extras, grad_norm = _optimiser_step(accelerator, config, state, model, optimizer, params,
+                                                       batches, compute_loss)
+        if not optimizer.step_was_skipped:  # an fp16 overflow step does not count towards the warm-up
+            lr_schedule.step()
+        state.step += 1
+        losses.append(step_loss.item())
+        window.append(step_loss)
+
+        if state.step % config.log_every == 0 or state.step == config.max_steps:
+            _log_window(accelerator, config, logger, state.step, window, lr_schedule, started, extras, grad_norm)
+            window = []
+        if state.step % config.checkpointing_steps == 0:
+            _save_checkpoint(accelerator, model, config, state, save_weights)
+        if validate is not None and (state.step % config.validation_steps == 0 or state.step == config.max_steps):
+            _validate(accelerator, model, validate, state.step, config.output_dir)
+
+    _finish(accelerator, model, config, save_weights)
+    return losses
+
+
+def _place_networks(accelerator: "Accelerator", config: TrainConfig, trainable: torch.nn.Module,
+                    frozen: Sequence[torch.nn.Module], frozen_fp32: Sequence[torch.nn.Module]) -> list:
+    """Frozen modules on the device in the mixed-precision dtype (or float32), eval, without gradients;
+    the trainable one in float32, train mode. Returns the parameters to optimise."""
+    device = accelerator.device
+    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(str(accelerator.mixed_precision), torch.float32)
     for module in frozen:
         module.requires_grad_(False).eval().to(device, dtype=weight_dtype)
     for module in frozen_fp32:
@@ -318,6 +360,11 @@ def run_training(
     params = [p for p in trainable.parameters() if p.requires_grad]
     if not params:
         raise TrainingError("the trainable network has no parameter with requires_grad")
+    return params
+
+
+def _prepare_optimiser(accelerator: "Accelerator", config: TrainConfig, trainable: torch.nn.Module, params: list):
+    """(the prepared model, Adam, its linear warm-up schedule registered for checkpointing)."""
     optimizer = torch.optim.Adam(params, lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2),
                                  eps=config.adam_epsilon, weight_decay=0.0)
     warmup = max(0, int(config.lr_warmup_steps))
@@ -325,84 +372,73 @@ def run_training(
     model, optimizer = accelerator.prepare(trainable, optimizer)
     # Stepped by hand once per optimiser step (accelerate's wrapper would step it once per process).
     accelerator.register_for_checkpointing(lr_schedule)
+    return model, optimizer, lr_schedule
+
+
+def _bucket_sampler(accelerator: "Accelerator", config: TrainConfig, dataset, bucket_keys: Sequence | None):
+    from .dataset import BucketBatchSampler
 
     keys = bucket_keys if bucket_keys is not None else getattr(dataset, "bucket_sizes", None)
-    sampler = BucketBatchSampler(keys if keys is not None else [0] * len(dataset), config.train_batch_size,
-                                 seed=config.seed, num_replicas=accelerator.num_processes,
-                                 rank=accelerator.process_index)
+    return BucketBatchSampler(keys if keys is not None else [0] * len(dataset), config.train_batch_size,
+                              seed=config.seed, num_replicas=accelerator.num_processes,
+                              rank=accelerator.process_index)
 
-    state = LoopState(num_processes=accelerator.num_processes, train_batch_size=config.train_batch_size)
-    resume = resolve_checkpoint(config)
-    if resume is not None:
-        state = _resume(accelerator, resume, state)
 
+def _optimiser_step(accelerator: "Accelerator", config: TrainConfig, state: LoopState, model, optimizer,
+                    params: list, batches: Iterator[dict], compute_loss: Callable[[dict], Any]):
+    """One optimiser step over `gradient_accumulation_steps` micro-batches: (mean loss tensor, mean extra
+    metrics, the clipped gradient norm or None)."""
+    device, accum = accelerator.device, config.gradient_accumulation_steps
+    step_loss = torch.zeros((), device=device)
+    extras: dict[str, float] = {}
+    for micro in range(accum):
+        batch = next(batches)
+        batch["generator"] = _generator(device, micro_batch_seed(config.seed, state.micro_batches,
+                                                                 accelerator.process_index))
+        batch["global_step"] = state.step
+        batch["model"] = model
+        state.micro_batches += 1
+        with accelerator.accumulate(model):
+            with accelerator.autocast():
+                loss, metrics = _split_loss(compute_loss(batch))
+            if not torch.isfinite(loss):
+                raise TrainingError(f"the loss is {loss.item()} at step {state.step + 1}")
+            accelerator.backward(loss)
+            grad_norm = None
+            if accelerator.sync_gradients and config.max_grad_norm > 0:
+                grad_norm = accelerator.clip_grad_norm_(params, config.max_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        step_loss += loss.detach().float() / accum
+        for name, value in metrics.items():
+            extras[name] = extras.get(name, 0.0) + float(value) / accum
+    if not accelerator.sync_gradients:
+        raise TrainingError("gradient accumulation went out of step with the loop")  # cannot happen
+    return step_loss, extras, grad_norm
+
+
+def _log_window(accelerator: "Accelerator", config: TrainConfig, logger: "_JsonlLog", step: int,
+                window: list[torch.Tensor], lr_schedule, started: float, extras: dict[str, float], grad_norm) -> None:
+    """Log the mean loss of the steps since the last log (over every process) with the step's extras."""
+    mean_loss = accelerator.reduce(torch.stack(window).mean(), reduction="mean").item()
+    record = {"step": step, "loss": mean_loss, "lr": lr_schedule.get_last_lr()[0],
+              "seconds": round(time.monotonic() - started, 3), **extras}
+    if grad_norm is not None:
+        record["grad_norm"] = float(grad_norm)
+    logger.write(record)
     if config.report_to:
-        accelerator.init_trackers(config.tracker_project_name,
-                                  config=_flat_hparams(dataclasses.asdict(config), hparams))
-    logger = _JsonlLog(os.path.join(config.output_dir, "logs", LOG_FILE), accelerator.is_main_process)
-    batches = _batches(sampler, dataset, collate_fn, config, state.micro_batches, device)
-    accum = config.gradient_accumulation_steps
-    losses: list[float] = []
-    window: list[torch.Tensor] = []
-    started = time.monotonic()
-    accelerator.print(f"training {sum(p.numel() for p in params) / 1e6:.2f}M parameters for "
-                      f"{config.max_steps - state.step} steps from step {state.step}; batch per step "
-                      f"{config.train_batch_size} x {accelerator.num_processes} processes x {accum} accumulation")
-    while state.step < config.max_steps:
-        step_loss = torch.zeros((), device=device)
-        extras: dict[str, float] = {}
-        for micro in range(accum):
-            batch = next(batches)
-            batch["generator"] = _generator(device, micro_batch_seed(config.seed, state.micro_batches,
-                                                                     accelerator.process_index))
-            batch["global_step"] = state.step
-            batch["model"] = model
-            state.micro_batches += 1
-            with accelerator.accumulate(model):
-                with accelerator.autocast():
-                    loss, metrics = _split_loss(compute_loss(batch))
-                if not torch.isfinite(loss):
-                    raise TrainingError(f"the loss is {loss.item()} at step {state.step + 1}")
-                accelerator.backward(loss)
-                grad_norm = None
-                if accelerator.sync_gradients and config.max_grad_norm > 0:
-                    grad_norm = accelerator.clip_grad_norm_(params, config.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            step_loss += loss.detach().float() / accum
-            for name, value in metrics.items():
-                extras[name] = extras.get(name, 0.0) + float(value) / accum
-        if not accelerator.sync_gradients:
-            raise TrainingError("gradient accumulation went out of step with the loop")  # cannot happen
-        if not optimizer.step_was_skipped:  # an fp16 overflow step does not count towards the warm-up
-            lr_schedule.step()
-        state.step += 1
-        losses.append(step_loss.item())
-        window.append(step_loss)
+        accelerator.log({k: v for k, v in record.items() if k != "step"}, step=step)
+    accelerator.print(f"step {step}/{config.max_steps} loss {mean_loss:.4f}")
 
-        if state.step % config.log_every == 0 or state.step == config.max_steps:
-            mean_loss = accelerator.reduce(torch.stack(window).mean(), reduction="mean").item()
-            window = []
-            record = {"step": state.step, "loss": mean_loss, "lr": lr_schedule.get_last_lr()[0],
-                      "seconds": round(time.monotonic() - started, 3), **extras}
-            if grad_norm is not None:
-                record["grad_norm"] = float(grad_norm)
-            logger.write(record)
-            if config.report_to:
-                accelerator.log({k: v for k, v in record.items() if k != "step"}, step=state.step)
-            accelerator.print(f"step {state.step}/{config.max_steps} loss {mean_loss:.4f}")
-        if state.step % config.checkpointing_steps == 0:
-            _save_checkpoint(accelerator, model, config, state, save_weights)
-        if validate is not None and (state.step % config.validation_steps == 0 or state.step == config.max_steps):
-            _validate(accelerator, model, validate, state.step, config.output_dir)
 
+def _finish(accelerator: "Accelerator", model, config: TrainConfig, save_weights) -> None:
+    """Every process done, then the main one writes the final weights into output_dir."""
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         save_weights(accelerator.unwrap_model(model), config.output_dir)
     accelerator.wait_for_everyone()
     if config.report_to:
         accelerator.end_training()
-    return losses
 
 
 def _split_loss(output) -> tuple[torch.Tensor, dict[str, float]]:

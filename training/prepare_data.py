@@ -204,13 +204,12 @@ class Annotator:
 
 
 def load_annotator(paths: dict[str, str | None], args, device) -> Annotator:
-    import torch
-
+    from ..models.devices import pick_dtype
     from ..pipelines.caption import LlavaCaptioner
     from ..pipelines.depth_normal import load_depth_normal_estimator
     from ..pipelines.pose.backends import make_estimator
 
-    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    dtype = pick_dtype("auto", device)
     pose_files = {role: paths[role] for role in pose_roles(args.pose_backend)}
     pose_estimator = make_estimator(args.pose_backend, pose_files, device=str(device))
     priors = load_depth_normal_estimator(paths["depth"], paths["normal"], device=device, dtype=dtype,
@@ -242,18 +241,22 @@ def required_files(args) -> dict[str, tuple[str, str] | None]:
 
 def resolve_files(args, models_dir: Path) -> dict[str, str | None]:
     """role -> path (None: a role switched off); with missing files, print each with where to get it and exit 2."""
-    from ..cli import resolve_model_files
+    from ..models.files import MissingModelFiles, resolve_model_files
 
     wanted = required_files(args)
-    found = resolve_model_files([w for w in wanted.values() if w is not None], models_dir,
-                                download_missing=args.download)
+    try:
+        found = resolve_model_files([w for w in wanted.values() if w is not None], models_dir,
+                                    download_missing=args.download)
+    except MissingModelFiles as error:
+        print(error, file=sys.stderr)
+        raise SystemExit(2) from None
     return {role: None if w is None else found[w[0]] for role, w in wanted.items()}
 
 
 # -- command line ---------------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
-    from ..cli import default_models_dir
+    from ..models.files import default_models_dir
     from ..models.depth_estimator import DEFAULT_DEPTH_MODEL
 
     parser = argparse.ArgumentParser(
@@ -299,6 +302,8 @@ def check_args(args) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from ..models.devices import pick_device
+
     args = build_parser().parse_args(argv)
     check_args(args)
     shard = [s for s in find_images(args.input_dir) if shard_of(s.relative, args.num_shards) == args.shard_index]
@@ -316,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     with tempfile.TemporaryDirectory(prefix="diffbody-tiny-") as tiny_dir:
         models_dir = _models_dir(args, tiny_dir)
-        annotator = load_annotator(resolve_files(args, models_dir), args, _device(args.device))
+        annotator = load_annotator(resolve_files(args, models_dir), args, pick_device(args.device))
         written, unreadable = _annotate_all(annotator, pending, args.data_root, manifest)
     print(f"Annotated {written} image(s){label} into {args.data_root} ({manifest.name}).")
     if unreadable:
@@ -325,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _models_dir(args, tiny_dir: str) -> Path:
-    from ..cli import default_models_dir
+    from ..models.files import default_models_dir
 
     if not args.tiny:
         return args.models_dir or default_models_dir()
@@ -337,14 +342,6 @@ def _models_dir(args, tiny_dir: str) -> Path:
     if args.normal_source != FROM_DEPTH:
         args.normal_source = TINY_NORMALS_NAME
     return Path(tiny_dir)
-
-
-def _device(name: str):
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def _annotate_all(annotator: Annotator, pending: list[SourceImage], data_root: Path,

@@ -16,7 +16,6 @@ value.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 from dataclasses import dataclass
 from typing import Sequence
@@ -87,23 +86,9 @@ class Stage1Inputs:
     context: torch.Tensor  # (B, 77, D)
 
 
-def item_generator(seed: int, item_id: str, device: torch.device) -> torch.Generator:
-    """A generator that depends only on (seed, item id): the same draws every time the item is visited."""
-    from .loop import micro_batch_seed
-
-    digest = int.from_bytes(hashlib.sha256(item_id.encode("utf-8")).digest()[:7], "big")
-    return torch.Generator(device=device).manual_seed(micro_batch_seed(seed, digest, 0))
-
-
-def fix_batch_randomness(batch: dict, seed: int) -> None:
-    """For --fixed_noise: replace the step's generator by per-item ones (see item_generator)."""
-    device = batch["generator"].device
-    batch["generator"] = [item_generator(seed, item_id, device) for item_id in batch["id"]]
-
-
 def prepare_inputs(batch: dict, components: SD21Components, schedule, caption_dropout: float) -> Stage1Inputs:
     """Encode the batch's depth/normal/RGB targets and pose, draw noise and timesteps from batch["generator"]
-    (one generator for the batch, or a list with one per item: see fix_batch_randomness)."""
+    (one generator for the batch, or a list with one per item: see shared.fix_batch_randomness)."""
     generators = batch["generator"]
     per_item = generators if isinstance(generators, list) else None
     targets = torch.stack([encode(components, batch[BRANCH_SOURCES[b]]) for b in BRANCHES], dim=1)

@@ -180,7 +180,7 @@ def prepare_inputs(batch: dict, sdxl: FrozenSDXL, schedule, cleaner, caption_dro
     """Degrade and clean the photos (I_ir), encode them, draw noise and timesteps, encode the captions, all
     from batch["generator"] (one for the batch, or a list with one per item). `drop_captions`: a (B,) bool
     mask to use instead of drawing one with `caption_dropout` (phase 4 draws its own, see there)."""
-    from .train_stage1_controlnet import degraded_and_cleaned
+    from .shared import degraded_and_cleaned
 
     generators = batch["generator"]
     images = batch["image"]
@@ -245,7 +245,7 @@ class Previews:
         return bool(self.items)
 
     def prepared(self, device: torch.device) -> list[PreviewItem]:
-        from .train_stage1_controlnet import degraded_and_cleaned
+        from .shared import degraded_and_cleaned
 
         if not self._prepared:
             generator = torch.Generator().manual_seed(self.seed)

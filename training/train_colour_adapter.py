@@ -43,7 +43,8 @@ from torch import nn
 from ..models.colour_adapter import ColourAdapter
 from ..models.stage2_weights import COLOUR_ADAPTER_FILENAME
 from . import stage2_common as common
-from .loop import add_training_arguments, config_from_args, run_training
+from .loop import add_training_arguments, config_from_args
+from .shared import Cleaner, fix_batch_randomness, phase_main, run_phase
 
 PAPER_LEARNING_RATE = 1e-4  # section 4.2
 PAPER_BATCH_PER_GPU = 8  # 64 on the paper's 8 GPUs
@@ -157,9 +158,7 @@ def train(args: argparse.Namespace, accelerator=None) -> list[float]:
     """Run phase 4 with parsed arguments; returns this process's per-step losses."""
     from ..models.colour_adapter import load_colour_adapter
     from ..pipelines.stage2 import Stage2Pipeline, load_clip_vision
-    from .dataset import ManifestDataset, collate_items
-    from .stage1_common import fix_batch_randomness
-    from .train_stage1_controlnet import Cleaner
+    from .dataset import ManifestDataset
 
     config = config_from_args(args)
     strengths = common.prior_strengths(args)
@@ -199,17 +198,13 @@ def train(args: argparse.Namespace, accelerator=None) -> list[float]:
             common.sample_previews(pipeline, previews, strengths, folder, step, args,
                                    adapter_reference=lambda p: reference(p.item["image"][None], p.image_ir[None]))
 
-    frozen = [*sdxl.modules, controlnet, image_encoder]
-    frozen_fp32 = [sdxl.vae_module] + ([cleaner.module] if cleaner.module else [])
-    return run_training(config, trainable=model, dataset=dataset, collate_fn=collate_items, compute_loss=compute_loss,
-                        frozen=frozen, frozen_fp32=frozen_fp32,
-                        save_weights=save_adapter, validate=validate if previews else None,
-                        accelerator=accelerator, hparams=dict(vars(args)))
+    return run_phase(config, args, trainable=model, dataset=dataset, compute_loss=compute_loss,
+                     frozen=[*sdxl.modules, controlnet, image_encoder], frozen_fp32=[sdxl.vae_module], cleaner=cleaner,
+                     save_weights=save_adapter, validate=validate if previews else None, accelerator=accelerator)
 
 
 def main(argv: list[str] | None = None) -> int:
-    train(build_parser().parse_args(argv))
-    return 0
+    return phase_main(build_parser, train, argv)
 
 
 if __name__ == "__main__":

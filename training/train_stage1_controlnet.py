@@ -28,11 +28,8 @@ import torch
 
 from ..models.stage1_weights import CONTROLNET_FILENAME
 from . import stage1_common as common
-from .loop import add_training_arguments, config_from_args, run_training
-
-SWINIR_CHUNK = 4  # images per SwinIR call (its attention memory grows fast with the batch)
-SWINIR_MULTIPLE = 64
-
+from .loop import add_training_arguments, config_from_args
+from .shared import Cleaner, degraded_and_cleaned, fix_batch_randomness, phase_main, run_phase
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m comfyui_diffbody.training.train_stage1_controlnet",
@@ -57,54 +54,11 @@ def save_controlnet(model, folder: str) -> None:
     save_stage1_controlnet(model, os.path.join(folder, CONTROLNET_FILENAME))
 
 
-class Cleaner:
-    """I_LQ -> I_ir: DiffBIR's SwinIR, frozen, or nothing (the degraded image is used as it is)."""
-
-    def __init__(self, path: str | None):
-        self.descriptor = None
-        if path:
-            from ..models.swinir import load_swinir
-
-            self.descriptor = load_swinir(path)
-
-    @property
-    def module(self) -> torch.nn.Module | None:
-        return self.descriptor.model if self.descriptor is not None else None
-
-    @torch.no_grad()
-    def __call__(self, lq: torch.Tensor) -> torch.Tensor:
-        if self.descriptor is None:
-            return lq
-        if lq.shape[-2] % SWINIR_MULTIPLE or lq.shape[-1] % SWINIR_MULTIPLE:
-            raise SystemExit(f"SwinIR needs sizes that are multiples of {SWINIR_MULTIPLE} px; the training images "
-                             f"are {lq.shape[-1]}x{lq.shape[-2]} (use the paper's buckets)")
-        # bf16 is fine for SwinIR, fp16 overflows: under an fp16 autocast it runs in float32.
-        kind = lq.device.type
-        bf16 = torch.is_autocast_enabled(kind) and torch.get_autocast_dtype(kind) == torch.bfloat16
-        with torch.autocast(kind, dtype=torch.bfloat16, enabled=bf16):
-            parts = [self.module(lq[i:i + SWINIR_CHUNK]) for i in range(0, lq.shape[0], SWINIR_CHUNK)]
-        return torch.cat(parts).float().clamp(0, 1)
-
-
-def degraded_and_cleaned(images: torch.Tensor, generator: torch.Generator | list[torch.Generator], cleaner: Cleaner,
-                         scale: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(I_LQ, I_ir) for a batch of photos, drawn from one generator or one per image; the degradation runs
-    outside autocast (it is image processing)."""
-    from .dataset import make_degraded
-
-    with torch.autocast(images.device.type, enabled=False):
-        if isinstance(generator, list):
-            lq = torch.cat([make_degraded(images[i:i + 1], g, scale=scale) for i, g in enumerate(generator)])
-        else:
-            lq = make_degraded(images, generator, scale=scale)
-    return lq, cleaner(lq)
-
-
 def train(args: argparse.Namespace, accelerator=None) -> list[float]:
     """Run phase 2 with parsed arguments; returns this process's per-step losses."""
     from ..models.stage1_controlnet import Stage1ControlNet
     from ..models.stage1_weights import load_stage1_controlnet, load_stage1_unet
-    from .dataset import ManifestDataset, collate_items
+    from .dataset import ManifestDataset
 
     config = config_from_args(args)
     dataset = ManifestDataset(args.data_root, fields=("image", "pose", "depth", "normal", "caption"))
@@ -124,7 +78,7 @@ def train(args: argparse.Namespace, accelerator=None) -> list[float]:
 
     def compute_loss(batch):
         if args.fixed_noise:
-            common.fix_batch_randomness(batch, args.seed)
+            fix_batch_randomness(batch, args.seed)
         inputs = common.prepare_inputs(batch, components, schedule, args.caption_dropout)
         _, image_ir = degraded_and_cleaned(batch["image"], batch["generator"], cleaner, args.degradation_scale)
         image_latent = common.encode(components, image_ir)
@@ -141,15 +95,13 @@ def train(args: argparse.Namespace, accelerator=None) -> list[float]:
         common.sample_previews(unet, model, components, previews, preview_ir, folder, step, args)
 
     frozen = [*common.frozen_modules(components), unet]
-    return run_training(config, trainable=controlnet, dataset=dataset, collate_fn=collate_items,
-                        compute_loss=compute_loss, frozen=frozen, frozen_fp32=[cleaner.module] if cleaner.module else [],
-                        save_weights=save_controlnet, validate=validate if previews else None,
-                        accelerator=accelerator, hparams=dict(vars(args)))
+    return run_phase(config, args, trainable=controlnet, dataset=dataset, compute_loss=compute_loss, frozen=frozen,
+                     cleaner=cleaner, save_weights=save_controlnet, validate=validate if previews else None,
+                     accelerator=accelerator)
 
 
 def main(argv: list[str] | None = None) -> int:
-    train(build_parser().parse_args(argv))
-    return 0
+    return phase_main(build_parser, train, argv)
 
 
 if __name__ == "__main__":

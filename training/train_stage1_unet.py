@@ -22,7 +22,8 @@ import os
 
 from ..models.stage1_weights import UNET_FILENAME
 from . import stage1_common as common
-from .loop import add_training_arguments, config_from_args, run_training
+from .loop import add_training_arguments, config_from_args
+from .shared import fix_batch_randomness, phase_main, run_phase
 
 INIT_KINDS = ("sd21", "humansd", "diffbody")
 
@@ -76,7 +77,7 @@ def save_unet(model, folder: str) -> None:
 
 def train(args: argparse.Namespace, accelerator=None) -> list[float]:
     """Run phase 1 with parsed arguments; returns this process's per-step losses."""
-    from .dataset import ManifestDataset, collate_items
+    from .dataset import ManifestDataset
 
     config = config_from_args(args)
     dataset = ManifestDataset(args.data_root, fields=("image", "pose", "depth", "normal", "caption"))
@@ -91,7 +92,7 @@ def train(args: argparse.Namespace, accelerator=None) -> list[float]:
 
     def compute_loss(batch):
         if args.fixed_noise:
-            common.fix_batch_randomness(batch, args.seed)
+            fix_batch_randomness(batch, args.seed)
         inputs = common.prepare_inputs(batch, components, schedule, args.caption_dropout)
         prediction = batch["model"](inputs.noisy, inputs.pose_latent, inputs.timesteps, inputs.context)
         return common.joint_loss(prediction, inputs.noise)
@@ -101,15 +102,13 @@ def train(args: argparse.Namespace, accelerator=None) -> list[float]:
         common.sample_previews(model, None, components, previews, [item["pose"] for item in previews], folder,
                                step, args)
 
-    return run_training(config, trainable=unet, dataset=dataset, collate_fn=collate_items, compute_loss=compute_loss,
-                        frozen=common.frozen_modules(components), save_weights=save_unet,
-                        validate=validate if previews else None, accelerator=accelerator,
-                        hparams={k: v for k, v in vars(args).items()})
+    return run_phase(config, args, trainable=unet, dataset=dataset, compute_loss=compute_loss,
+                     frozen=common.frozen_modules(components), save_weights=save_unet,
+                     validate=validate if previews else None, accelerator=accelerator)
 
 
 def main(argv: list[str] | None = None) -> int:
-    train(build_parser().parse_args(argv))
-    return 0
+    return phase_main(build_parser, train, argv)
 
 
 if __name__ == "__main__":

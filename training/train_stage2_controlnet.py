@@ -28,7 +28,8 @@ from torch import nn
 from ..models.multiprior_controlnet import MultiPriorControlNet
 from ..models.stage2_weights import CONTROLNET_FILENAME
 from . import stage2_common as common
-from .loop import add_training_arguments, config_from_args, run_training
+from .loop import add_training_arguments, config_from_args
+from .shared import Cleaner, fix_batch_randomness, phase_main, run_phase
 
 PAPER_LEARNING_RATE = 1e-5  # section 4.2
 PAPER_BATCH_PER_GPU = 4  # "a batch size of 32 and gradient accumulation of 2" on 8 GPUs
@@ -90,9 +91,7 @@ def initial_controlnet(args: argparse.Namespace, sdxl: common.FrozenSDXL) -> Mul
 def train(args: argparse.Namespace, accelerator=None) -> list[float]:
     """Run phase 3 with parsed arguments; returns this process's per-step losses."""
     from ..pipelines.stage2 import Stage2Pipeline
-    from .dataset import ManifestDataset, collate_items
-    from .stage1_common import fix_batch_randomness
-    from .train_stage1_controlnet import Cleaner
+    from .dataset import ManifestDataset
 
     config = config_from_args(args)
     strengths = common.prior_strengths(args)
@@ -115,16 +114,13 @@ def train(args: argparse.Namespace, accelerator=None) -> list[float]:
         pipeline = Stage2Pipeline(sdxl.unet, sdxl.vae.vae, sdxl.text_encoders, controlnet=wrapper.controlnet.eval())
         common.sample_previews(pipeline, previews, strengths, folder, step, args)
 
-    frozen_fp32 = [sdxl.vae_module] + ([cleaner.module] if cleaner.module else [])
-    return run_training(config, trainable=model, dataset=dataset, collate_fn=collate_items, compute_loss=compute_loss,
-                        frozen=sdxl.modules, frozen_fp32=frozen_fp32,
-                        save_weights=save_controlnet, validate=validate if previews else None,
-                        accelerator=accelerator, hparams=dict(vars(args)))
+    return run_phase(config, args, trainable=model, dataset=dataset, compute_loss=compute_loss, frozen=sdxl.modules,
+                     frozen_fp32=[sdxl.vae_module], cleaner=cleaner, save_weights=save_controlnet,
+                     validate=validate if previews else None, accelerator=accelerator)
 
 
 def main(argv: list[str] | None = None) -> int:
-    train(build_parser().parse_args(argv))
-    return 0
+    return phase_main(build_parser, train, argv)
 
 
 if __name__ == "__main__":
