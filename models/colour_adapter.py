@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .files import MissingModelFile, WrongModelFile
+from .errors import MissingModelFile, WrongModelFile
 from .multiprior_controlnet import SDXL_UNET_CONFIG
 
 IP_ADAPTER_DIM_HEAD = 64  # IP-Adapter's Resampler always uses 64-wide heads; the file cannot tell

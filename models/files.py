@@ -12,23 +12,9 @@ import os
 import shutil
 from dataclasses import dataclass, field
 
+from .errors import MissingDependency, MissingModelFile, WrongModelFile
+
 PT_EXTENSIONS = frozenset({".ckpt", ".pt", ".pt2", ".bin", ".pth", ".safetensors", ".pkl", ".sft"})
-
-
-class DiffBodyError(Exception):
-    """Base class for errors whose message is meant for the person using the pack."""
-
-
-class MissingModelFile(DiffBodyError):
-    """A model file is not where the pack looks for it."""
-
-
-class WrongModelFile(DiffBodyError):
-    """A file exists but is not the network the caller asked for."""
-
-
-class MissingDependency(DiffBodyError):
-    """An optional Python package needed by the chosen option is not installed."""
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,8 @@ import os
 
 import torch
 
-from .files import MissingDependency, MissingModelFile, WrongModelFile, check_all_weights_loaded, missing_message
+from .errors import MissingDependency, MissingModelFile, WrongModelFile
+from .files import check_all_weights_loaded, missing_message
 
 DTYPES = ("auto", "float16", "bfloat16", "float32")
 QUANTIZATIONS = ("none", "8bit", "4bit")

@@ -42,7 +42,7 @@ import pickle
 
 import torch
 
-from .files import MissingModelFile, WrongModelFile
+from .errors import MissingModelFile, WrongModelFile
 from .joint_unet import JointUNet, JointUNetConfig, sd_key_to_joint_keys
 from .stage1_controlnet import Stage1ControlNet
 

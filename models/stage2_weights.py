@@ -26,7 +26,7 @@ from typing import Any, Mapping
 import torch
 
 from .colour_adapter import ColourAdapter
-from .files import MissingModelFile, WrongModelFile
+from .errors import MissingModelFile, WrongModelFile
 from .multiprior_controlnet import SDXL_UNET_CONFIG, MultiPriorControlNet, MultiPriorControlNetConfig
 
 CONTROLNET_FILENAME = "diffbody_stage2_controlnet.safetensors"

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .files import MissingDependency, MissingModelFile, WrongModelFile
+from .errors import MissingDependency, MissingModelFile, WrongModelFile
 
 if TYPE_CHECKING:
     from spandrel import ImageModelDescriptor

@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any, Mapping
 
-from .files import MissingModelFile, WrongModelFile
+from .errors import MissingModelFile, WrongModelFile
 
 if TYPE_CHECKING:
     import torch

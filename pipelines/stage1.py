@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Callable, Iterator
 import torch
 from torch import nn
 
-from ..models.files import DiffBodyError
+from ..models.errors import DiffBodyError
 from ..models.joint_unet import BRANCHES
 from .buckets import plan_resize
 from .image import BadImage

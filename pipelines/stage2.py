@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Callable, Iterator, Mapping
 import torch
 import torch.nn.functional as F
 
-from ..models.files import DiffBodyError
+from ..models.errors import DiffBodyError
 from ..models.multiprior_controlnet import PRIORS, MultiPriorControlNet
 
 if TYPE_CHECKING:
@@ -123,7 +123,7 @@ def load_sdxl_parts(folder: str, *, device: "torch.device | str" = "cpu", dtype:
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-    from ..models.files import MissingModelFile
+    from ..models.errors import MissingModelFile
 
     missing = [sub for sub in ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2")
                if not os.path.isdir(os.path.join(folder, sub))]
@@ -152,7 +152,7 @@ def load_clip_vision(path: str, *, device: "torch.device | str" = "cpu", dtype: 
 
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
-    from ..models.files import MissingModelFile, WrongModelFile
+    from ..models.errors import MissingModelFile, WrongModelFile
 
     if os.path.isdir(path):
         model = CLIPVisionModelWithProjection.from_pretrained(path, local_files_only=True, use_safetensors=True,

@@ -10,7 +10,7 @@ import socket
 import pytest
 import torch
 
-from comfyui_diffbody.models.files import MissingDependency, MissingModelFile, WrongModelFile
+from comfyui_diffbody.models.errors import MissingDependency, MissingModelFile, WrongModelFile
 from comfyui_diffbody.models.llava import check_llava_folder, concrete_dtype, load_llava
 from comfyui_diffbody.pipelines.image import BadImage
 from comfyui_diffbody.pipelines.caption import (

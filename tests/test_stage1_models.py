@@ -10,7 +10,7 @@ import os
 import pytest
 import torch
 
-from comfyui_diffbody.models.files import MissingModelFile, WrongModelFile
+from comfyui_diffbody.models.errors import MissingModelFile, WrongModelFile
 from comfyui_diffbody.models.joint_unet import BRANCHES, JointUNet, JointUNetConfig, sd_key_to_joint_keys
 from comfyui_diffbody.models.stage1_controlnet import Stage1ControlNet, Stage1ControlResiduals
 from comfyui_diffbody.models.stage1_weights import (

@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from comfyui_diffbody.models.files import DiffBodyError, MissingModelFile
+from comfyui_diffbody.models.errors import DiffBodyError, MissingModelFile
 from comfyui_diffbody.models.joint_unet import BRANCHES, JointUNet, JointUNetConfig
 from comfyui_diffbody.models.stage1_controlnet import Stage1ControlNet
 from comfyui_diffbody.pipelines.buckets import BUCKETS, UnknownSizeMode, nearest_bucket, plan_resize

@@ -17,7 +17,7 @@ import torch
 from comfyui_diffbody.models.colour_adapter import (ColourAdapter, ColourAdapterConfig, attention_processor_names,
                                                     comfy_attn2_locations, cross_attention_layers, infer_config,
                                                     load_colour_adapter)
-from comfyui_diffbody.models.files import MissingModelFile, WrongModelFile
+from comfyui_diffbody.models.errors import MissingModelFile, WrongModelFile
 from comfyui_diffbody.models.multiprior_controlnet import (PRIORS, SDXL_UNET_CONFIG, MultiPriorControlNet,
                                                            MultiPriorControlNetConfig)
 from comfyui_diffbody.models.stage2_weights import (diffusers_unet_to_ldm, ldm_unet_to_diffusers, load_multiprior,

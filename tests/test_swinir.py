@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from comfyui_diffbody.models.files import MissingModelFile, WrongModelFile
+from comfyui_diffbody.models.errors import MissingModelFile, WrongModelFile
 from comfyui_diffbody.models.swinir import bf16_usable, default_dtype, load_swinir
 from comfyui_diffbody.pipelines.cleanup import clean_images, output_size, working_size
 from comfyui_diffbody.testing.tiny.swinir import (

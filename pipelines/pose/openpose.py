@@ -17,7 +17,7 @@ import os
 
 import numpy as np
 
-from ...models.files import MissingDependency, MissingModelFile, WrongModelFile
+from ...models.errors import MissingDependency, MissingModelFile, WrongModelFile
 from .keypoints import NUM_BODY, Frame, check_rgb_uint8, make_frame, make_person, flatten_part
 
 DETECT_RESOLUTION = 512  # short side the image is resized to, as controlnet_aux's OpenPose node does
