@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 
 from .errors import MissingModelFile, WrongModelFile
-from .files import KNOWN_FILES, check_all_weights_loaded, missing_message, read_json_object
+from .files import KNOWN_FILES, missing_message
+from .loading import check_all_weights_loaded, read_json_object
 
 FOLDER = "diffbody_priors"
 MODEL_TYPES = ("depth_anything", "dpt")

@@ -12,7 +12,7 @@ import os
 import shutil
 from dataclasses import dataclass, field
 
-from .errors import MissingDependency, MissingModelFile, WrongModelFile
+from .errors import MissingDependency, MissingModelFile
 
 PT_EXTENSIONS = frozenset({".ckpt", ".pt", ".pt2", ".bin", ".pth", ".safetensors", ".pkl", ".sft"})
 
@@ -212,28 +212,3 @@ def _link_or_copy(src: str, dst: str) -> None:
         os.link(src, dst)
     except OSError:
         shutil.copy2(src, dst)
-
-
-def read_json_object(path: str) -> dict | None:
-    """A JSON file's top-level object (a model folder's config.json, model_index.json), or None when the
-    file is absent, unreadable or not an object: callers then say which file the folder lacks."""
-    import json
-
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def check_all_weights_loaded(info: dict, model_dir: str, network: str) -> None:
-    """transformers fills weights it could not find with random values and only warns: refuse that.
-    `info` is from_pretrained's loading info (output_loading_info=True)."""
-    missing = sorted(info.get("missing_keys", ()))
-    mismatched = sorted(str(k[0]) for k in info.get("mismatched_keys", ()))
-    if missing or mismatched:
-        names = ", ".join((missing + mismatched)[:5])
-        raise WrongModelFile(
-            f"DiffBody: the weights in '{model_dir}' do not fit the {network} its config.json describes "
-            f"({len(missing)} missing, {len(mismatched)} of another shape; e.g. {names}).")

@@ -27,16 +27,25 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-if TYPE_CHECKING:
-    from .stage1_controlnet import Stage1ControlResiduals
+from .layers import enable_checkpointing
 
 BRANCHES = ("depth", "normal", "rgb")
 RGB_INDEX = BRANCHES.index("rgb")
+
+
+@dataclass
+class Stage1ControlResiduals:
+    """Stage-1 ControlNet residuals for JointUNet.forward (models/stage1_controlnet.py's docstring says
+    where each is added). Defined here, with the network that consumes them, so that the ControlNet
+    imports the UNet and never the other way round."""
+
+    down: list[torch.Tensor]
+    mid: torch.Tensor
 
 
 @dataclass
@@ -275,17 +284,6 @@ def timestep_embedding(time_proj: nn.Module, time_embedding: nn.Module, timestep
     return time_embedding(time_proj(t).to(like.dtype))
 
 
-def enable_checkpointing(model: nn.Module) -> None:
-    """Switch on diffusers' own activation checkpointing in every block that supports it."""
-    def checkpoint(module, *args):
-        return torch.utils.checkpoint.checkpoint(module.__call__, *args, use_reentrant=False)
-
-    for module in model.modules():
-        if hasattr(module, "gradient_checkpointing"):
-            module._gradient_checkpointing_func = checkpoint
-            module.gradient_checkpointing = True
-
-
 # ---- the network ---------------------------------------------------------------------------------------
 
 class JointBranch(nn.Module):
@@ -346,7 +344,7 @@ class JointUNet(nn.Module):
         return 1 + self.config.num_levels * self.config.layers_per_block + self.config.num_levels - 1
 
     def forward(self, noisy: torch.Tensor, pose_latent: torch.Tensor, timestep, context: torch.Tensor,
-                control: "Stage1ControlResiduals | None" = None) -> torch.Tensor:
+                control: Stage1ControlResiduals | None = None) -> torch.Tensor:
         """Predicted noise (B, 3, latent_channels, h, w) for the noisy depth/normal/RGB latents `noisy`
         (B, 3, latent_channels, h, w, branch axis in BRANCHES order), the pose latent (B, pose_channels, h, w),
         one timestep for all branches ((B,) or scalar) and text features `context` (B, L, cross_attention_dim).
@@ -391,7 +389,7 @@ class JointUNet(nn.Module):
             outputs.append(branch.conv_out(branch.conv_act(branch.conv_norm_out(y))))
         return torch.stack(outputs, dim=1)
 
-    def _split_control(self, control: "Stage1ControlResiduals | None"):
+    def _split_control(self, control: Stage1ControlResiduals | None):
         """(branch skip residuals, merged-feature residual, trunk skip residuals, mid residual), or Nones."""
         if control is None:
             return None, None, None, None

@@ -19,7 +19,8 @@ import os
 import torch
 
 from .errors import MissingDependency, MissingModelFile, WrongModelFile
-from .files import check_all_weights_loaded, missing_message
+from .files import missing_message
+from .loading import check_all_weights_loaded
 
 DTYPES = ("auto", "float16", "bfloat16", "float32")
 QUANTIZATIONS = ("none", "8bit", "4bit")

@@ -19,7 +19,8 @@ from typing import Callable
 import torch
 
 from .errors import MissingModelFile, WrongModelFile
-from .files import missing_message, read_json_object
+from .files import missing_message
+from .loading import read_json_object
 
 FOLDER = "diffbody_priors"
 PIPELINE_CLASS = "MarigoldNormalsPipeline"

@@ -45,9 +45,9 @@ from torch import nn
 
 from ..models.errors import DiffBodyError
 from ..models.joint_unet import BRANCHES
+from ..models.sd21_components import LatentCodec, TextEncoder
 from .buckets import plan_resize
 from .image import BadImage
-from .sd_components import LatentCodec, TextEncoder
 
 if TYPE_CHECKING:
     from ..models.joint_unet import JointUNet
