@@ -17,10 +17,9 @@ transformer index).
 
 from __future__ import annotations
 
-import json
 import math
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 import torch
@@ -28,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import MissingModelFile, WrongModelFile
-from .loading import SAFETENSORS_EXTENSIONS, check_state_dict, read_safetensors_header, read_weights
+from .loading import SAFETENSORS_EXTENSIONS, PackConfig, check_state_dict, read_safetensors_header, read_weights
 from .unet_layout import SDXL_UNET_CONFIG, cross_attention_dim, cross_attention_layers
 
 IP_ADAPTER_DIM_HEAD = 64  # IP-Adapter's Resampler always uses 64-wide heads; the file cannot tell
@@ -40,7 +39,7 @@ EXPECTED = ("an IP-Adapter Plus file for SDXL in its public layout (like ip-adap
 # -- the network --------------------------------------------------------------------------------------
 
 @dataclass
-class ColourAdapterConfig:
+class ColourAdapterConfig(PackConfig):
     """Resampler sizes and the UNet cross-attention layers the adapter plugs into."""
 
     dim: int = 1280
@@ -73,20 +72,6 @@ class ColourAdapterConfig:
         so those stay); embedding_dim 32 = the tiny CLIP vision width."""
         return cls.for_unet(unet_config, dim=64, depth=4, dim_head=64, heads=2, num_queries=4, embedding_dim=32,
                             output_dim=cross_attention_dim(unet_config), ff_mult=4)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> "ColourAdapterConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(values) - known
-        if unknown:
-            raise ValueError(f"unknown ColourAdapterConfig fields: {sorted(unknown)}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True)
 
 
 class PerceiverAttention(nn.Module):

@@ -24,8 +24,6 @@ in ModuleDicts keyed by SD's block index, so SD state-dict keys map 1:1: a key o
 
 from __future__ import annotations
 
-import dataclasses
-import json
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -33,6 +31,7 @@ import torch
 from torch import nn
 
 from .layers import enable_checkpointing
+from .loading import PackConfig
 
 BRANCHES = ("depth", "normal", "rgb")
 RGB_INDEX = BRANCHES.index("rgb")
@@ -49,7 +48,7 @@ class Stage1ControlResiduals:
 
 
 @dataclass
-class JointUNetConfig:
+class JointUNetConfig(PackConfig):
     """Every hyper-parameter of the joint UNet. Field names and meanings follow diffusers'
     UNet2DConditionModel config; `attention_head_dim` keeps diffusers' (mis)naming: it is the NUMBER of
     attention heads per block, as in SD 2.1's config.json."""
@@ -110,21 +109,6 @@ class JointUNetConfig:
     @property
     def in_channels(self) -> int:
         return self.latent_channels + self.pose_channels
-
-    def to_dict(self) -> dict[str, Any]:
-        return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v)
-                for f in dataclasses.fields(self)}
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "JointUNetConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown JointUNetConfig fields: {', '.join(unknown)}")
-        return cls(**values)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True)
 
     def to_diffusers_unet_config(self, in_channels: int | None = None) -> dict[str, Any]:
         """The matching diffusers UNet2DConditionModel config (for one branch as a plain UNet)."""

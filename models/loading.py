@@ -147,6 +147,31 @@ def _shape(value) -> tuple[int, ...]:
 
 # ---- the pack's own format -----------------------------------------------------------------------------
 
+class PackConfig:
+    """Mixin for the dataclass configs stored as JSON in a pack file's `config` metadata (tuples as lists)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        from dataclasses import asdict
+
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]):
+        """The config of `values` (as `to_dict` writes it); ValueError names any field this pack does not know."""
+        from dataclasses import fields
+
+        unknown = sorted(set(values) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(f"unknown {cls.__name__} fields: {', '.join(unknown)}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+    def to_json(self) -> str:
+        import json
+
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+
+
 def save_pack_file(module: "torch.nn.Module", path: str, fmt: str, *, config_json: str | None = None,
                    extra_metadata: Mapping[str, str] | None = None) -> str:
     """Write `module.state_dict()` (CPU, contiguous, dtypes as they are) to `path` in the pack's format

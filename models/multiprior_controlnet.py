@@ -28,8 +28,7 @@ sinusoidally embedded to 256 with cos first); `sdxl_added_vector` builds it on t
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 import torch
@@ -37,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .layers import enable_checkpointing, zero_conv
+from .loading import PackConfig
 from .unet_layout import SDXL_UNET_CONFIG
 
 PRIORS = ("image", "pose", "depth", "normal")
@@ -45,7 +45,7 @@ ADD_TIME_DIM = 256  # SDXL embeds each of its 6 micro-conditioning ids to 256 (C
 NUM_TIME_IDS = 6
 
 @dataclass
-class MultiPriorControlNetConfig:
+class MultiPriorControlNetConfig(PackConfig):
     """Sizes of the ControlNet: SDXL's encoder layout plus the prior extractors."""
 
     in_channels: int = 4
@@ -110,20 +110,6 @@ class MultiPriorControlNetConfig:
         own = {k: v for k, v in self.to_dict().items() if k not in _EXTRACTOR_FIELDS}
         theirs = {k: v for k, v in other.to_dict().items() if k not in _EXTRACTOR_FIELDS}
         return own == theirs
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> "MultiPriorControlNetConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(values) - known
-        if unknown:
-            raise ValueError(f"unknown MultiPriorControlNetConfig fields: {sorted(unknown)}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True)
 
 
 _EXTRACTOR_FIELDS = {"conditioning_channels", "conditioning_embedding_out_channels", "priors"}

@@ -131,24 +131,26 @@ def cross_attention_layers(unet_config: Mapping[str, Any] | None = None) -> list
     attn_processors order."""
     levels = _layout(SDXL_UNET_CONFIG if unet_config is None else unet_config)
     layers: list[CrossAttentionLayer] = []
-    input_number = 1  # ComfyUI's input block 0 is conv_in
-    for x, level in enumerate(levels.down):
-        for i, depth in enumerate(level.depths):
-            for t in range(depth):
-                location = ("input", input_number, t)
-                layers.append(_layer(f"down_blocks.{x}.attentions.{i}", t, level, len(layers), location))
-            input_number += 1
-        input_number += 1  # the downsampler's own input block (absent after the last level: irrelevant)
-    output_number = 0
-    for x, level in enumerate(levels.up):
-        for i, depth in enumerate(level.depths):
-            for t in range(depth):
-                location = ("output", output_number, t)
-                layers.append(_layer(f"up_blocks.{x}.attentions.{i}", t, level, len(layers), location))
-            output_number += 1
+    # ComfyUI's input block 0 is conv_in; each down level ends with the downsampler's own input block
+    # (absent after the last level: irrelevant). Output blocks have no such extra block.
+    _add_level_layers(layers, levels.down, "down_blocks", "input", first_number=1, blocks_after_level=1)
+    _add_level_layers(layers, levels.up, "up_blocks", "output", first_number=0, blocks_after_level=0)
     for t in range(levels.mid.depths[0]):
         layers.append(_layer("mid_block.attentions.0", t, levels.mid, len(layers), ("middle", 0, t)))
     return layers
+
+
+def _add_level_layers(layers: list[CrossAttentionLayer], levels: list["_Level"], diffusers_prefix: str,
+                      comfy_block: str, first_number: int, blocks_after_level: int) -> None:
+    """Append the attn2 layers of the down (or up) levels, numbering ComfyUI's blocks from `first_number`."""
+    number = first_number
+    for x, level in enumerate(levels):
+        for i, depth in enumerate(level.depths):
+            for t in range(depth):
+                location = (comfy_block, number, t)
+                layers.append(_layer(f"{diffusers_prefix}.{x}.attentions.{i}", t, level, len(layers), location))
+            number += 1
+        number += blocks_after_level
 
 
 def attention_processor_names(unet_config: Mapping[str, Any] | None = None) -> list[str]:
