@@ -152,7 +152,8 @@ def required_files(args) -> list[tuple[str, str]]:
 
 def resolve_files(args, models_dir: Path) -> dict[str, str]:
     """{file name: path}; with missing files, print each with where to get it and exit 2."""
-    from .models.files import MissingModelFiles, resolve_model_files
+    from .models.errors import MissingModelFiles
+    from .models.files import resolve_model_files
 
     try:
         return resolve_model_files(required_files(args), models_dir, download_missing=args.download,

@@ -228,7 +228,7 @@ def build_unet(real: bool):
         return build_tiny_sdxl_unet(seed=0)
     from diffusers import UNet2DConditionModel
 
-    from comfyui_diffbody.models.multiprior_controlnet import SDXL_UNET_CONFIG
+    from comfyui_diffbody.models.unet_layout import SDXL_UNET_CONFIG
 
     return UNet2DConditionModel(**SDXL_UNET_CONFIG)
 

@@ -11,23 +11,24 @@ where k is the position of that attn2 among ALL the diffusers UNet's attention p
 (`unet.attn_processors` order: attn1 then attn2 of every transformer block; blocks in down_blocks.*,
 up_blocks.*, mid_block order - mid LAST). For SDXL that is k = 1, 3, ..., 139. `ip_layers[i]` is the
 i-th attn2 in that order; `layer_names()[i]` its diffusers processor name and
-`comfy_attn2_locations(unet_config)[i]` its ComfyUI (block name, block number, transformer index).
+`comfy_attn2_locations(unet_config)[i]` (models/unet_layout.py) its ComfyUI (block name, block number,
+transformer index).
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .files import MissingModelFile, WrongModelFile
-from .multiprior_controlnet import SDXL_UNET_CONFIG
+from .errors import MissingModelFile, WrongModelFile
+from .loading import SAFETENSORS_EXTENSIONS, PackConfig, check_state_dict, read_safetensors_header, read_weights
+from .unet_layout import SDXL_UNET_CONFIG, cross_attention_dim, cross_attention_layers
 
 IP_ADAPTER_DIM_HEAD = 64  # IP-Adapter's Resampler always uses 64-wide heads; the file cannot tell
 EXPECTED = ("an IP-Adapter Plus file for SDXL in its public layout (like ip-adapter-plus_sdxl_vit-h.safetensors: "
@@ -35,142 +36,10 @@ EXPECTED = ("an IP-Adapter Plus file for SDXL in its public layout (like ip-adap
             "or DiffBody's fine-tuned colour adapter saved in the same layout")
 
 
-# -- where the cross-attentions are ---------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class CrossAttentionLayer:
-    """One attn2 of an SDXL-layout UNet, in diffusers' attn_processors order."""
-
-    processor_name: str          # e.g. "down_blocks.1.attentions.0.transformer_blocks.0.attn2.processor"
-    processor_index: int         # k in "ip_adapter.{k}": its position among all attention processors
-    hidden_size: int             # channels at that layer (query width)
-    heads: int
-    comfy_location: tuple[str, int, int]  # ("input"|"middle"|"output", block number, transformer index)
-
-
-def cross_attention_layers(unet_config: Mapping[str, Any] | None = None) -> list[CrossAttentionLayer]:
-    """Every attn2 of the UNet described by `unet_config` (diffusers config, or ComfyUI's UNetModel config
-    with model_channels/channel_mult/transformer_depth...; default SDXL 1.0), in diffusers'
-    attn_processors order."""
-    levels = _layout(SDXL_UNET_CONFIG if unet_config is None else unet_config)
-    layers: list[CrossAttentionLayer] = []
-    input_number = 1  # ComfyUI's input block 0 is conv_in
-    for x, level in enumerate(levels.down):
-        for i, depth in enumerate(level.depths):
-            for t in range(depth):
-                location = ("input", input_number, t)
-                layers.append(_layer(f"down_blocks.{x}.attentions.{i}", t, level, len(layers), location))
-            input_number += 1
-        input_number += 1  # the downsampler's own input block (absent after the last level: irrelevant)
-    output_number = 0
-    for x, level in enumerate(levels.up):
-        for i, depth in enumerate(level.depths):
-            for t in range(depth):
-                location = ("output", output_number, t)
-                layers.append(_layer(f"up_blocks.{x}.attentions.{i}", t, level, len(layers), location))
-            output_number += 1
-    for t in range(levels.mid.depths[0]):
-        layers.append(_layer("mid_block.attentions.0", t, levels.mid, len(layers), ("middle", 0, t)))
-    return layers
-
-
-def attention_processor_names(unet_config: Mapping[str, Any] | None = None) -> list[str]:
-    """All attention processor names (attn1 and attn2) in diffusers' `unet.attn_processors` order."""
-    names = []
-    for layer in cross_attention_layers(unet_config):
-        names += [layer.processor_name.replace(".attn2.", ".attn1."), layer.processor_name]
-    return names
-
-
-def comfy_attn2_locations(unet_config: Mapping[str, Any] | None = None) -> list[tuple[str, int, int]]:
-    """ComfyUI's (block_name, number, transformer_index) for each adapter layer, in layer-index order:
-    the arguments of `ModelPatcher.set_model_attn2_replace(fn, block_name, number, transformer_index)`."""
-    return [layer.comfy_location for layer in cross_attention_layers(unet_config)]
-
-
-def cross_attention_dim(unet_config: Mapping[str, Any] | None = None) -> int:
-    """The width of the UNet's text context (diffusers `cross_attention_dim`, ComfyUI `context_dim`)."""
-    config = SDXL_UNET_CONFIG if unet_config is None else unet_config
-    return config["cross_attention_dim"] if "cross_attention_dim" in config else config["context_dim"]
-
-
-def _layer(prefix: str, t: int, level: "_Level", count: int, location: tuple[str, int, int]) -> CrossAttentionLayer:
-    return CrossAttentionLayer(f"{prefix}.transformer_blocks.{t}.attn2.processor", 2 * count + 1,
-                               level.channels, level.heads, location)
-
-
-@dataclass
-class _Level:
-    channels: int
-    heads: int
-    depths: list[int]  # transformer blocks per resnet of the level (0 = no attention)
-
-
-@dataclass
-class _Layout:
-    down: list[_Level]
-    up: list[_Level]
-    mid: _Level
-
-
-def _layout(config: Mapping[str, Any]) -> _Layout:
-    if "down_block_types" in config:
-        return _layout_from_diffusers(config)
-    if "model_channels" in config and "transformer_depth" in config:
-        return _layout_from_comfy(config)
-    raise ValueError("unet_config must be a diffusers UNet2DConditionModel config or a ComfyUI UNetModel config")
-
-
-def _layout_from_diffusers(config: Mapping[str, Any]) -> _Layout:
-    channels = list(config["block_out_channels"])
-    n = len(channels)
-    heads = config.get("num_attention_heads") or config["attention_head_dim"]
-    heads = [heads] * n if isinstance(heads, int) else list(heads)
-    depth = config.get("transformer_layers_per_block", 1)
-    depth = [depth] * n if isinstance(depth, int) else list(depth)
-    if any(not isinstance(d, int) for d in depth):
-        raise ValueError("per-resnet transformer_layers_per_block lists are not supported")
-    lpb = config["layers_per_block"]
-    if not isinstance(lpb, int):
-        raise ValueError("per-level layers_per_block is not supported")
-    up_depth = config.get("reverse_transformer_layers_per_block") or list(reversed(depth))
-    down = [_Level(channels[i], heads[i], [depth[i] if "CrossAttn" in kind else 0] * lpb)
-            for i, kind in enumerate(config["down_block_types"])]
-    up = [_Level(list(reversed(channels))[i], list(reversed(heads))[i],
-                 [up_depth[i] if "CrossAttn" in kind else 0] * (lpb + 1))
-          for i, kind in enumerate(config["up_block_types"])]
-    has_mid_attn = config.get("mid_block_type", "UNetMidBlock2DCrossAttn") == "UNetMidBlock2DCrossAttn"
-    mid = _Level(channels[-1], heads[-1], [depth[-1] if has_mid_attn else 0])
-    return _Layout(down, up, mid)
-
-
-def _layout_from_comfy(config: Mapping[str, Any]) -> _Layout:
-    mult = list(config["channel_mult"])
-    channels = [config["model_channels"] * m for m in mult]
-    res = config.get("num_res_blocks", 2)
-    res = [res] * len(mult) if isinstance(res, int) else list(res)
-    depth_in = list(config["transformer_depth"])
-    depth_out = list(config["transformer_depth_output"])
-
-    def heads(ch: int) -> int:
-        head_channels = config.get("num_head_channels", 64)
-        return ch // head_channels if head_channels != -1 else config["num_heads"]
-
-    down = []
-    for level, ch in enumerate(channels):
-        down.append(_Level(ch, heads(ch), [depth_in.pop(0) for _ in range(res[level])]))
-    up = []
-    for level in reversed(range(len(channels))):
-        # ComfyUI builds output blocks deepest first, popping transformer_depth_output from its end
-        up.append(_Level(channels[level], heads(channels[level]), [depth_out.pop() for _ in range(res[level] + 1)]))
-    mid_depth = config.get("transformer_depth_middle", 1)
-    return _Layout(down, up, _Level(channels[-1], heads(channels[-1]), [max(mid_depth, 0)]))
-
-
 # -- the network --------------------------------------------------------------------------------------
 
 @dataclass
-class ColourAdapterConfig:
+class ColourAdapterConfig(PackConfig):
     """Resampler sizes and the UNet cross-attention layers the adapter plugs into."""
 
     dim: int = 1280
@@ -203,20 +72,6 @@ class ColourAdapterConfig:
         so those stay); embedding_dim 32 = the tiny CLIP vision width."""
         return cls.for_unet(unet_config, dim=64, depth=4, dim_head=64, heads=2, num_queries=4, embedding_dim=32,
                             output_dim=cross_attention_dim(unet_config), ff_mult=4)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> "ColourAdapterConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(values) - known
-        if unknown:
-            raise ValueError(f"unknown ColourAdapterConfig fields: {sorted(unknown)}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True)
 
 
 class PerceiverAttention(nn.Module):
@@ -412,23 +267,13 @@ def read_ip_adapter_state_dict(path: str) -> dict[str, torch.Tensor]:
     or the .bin layout {"image_proj": {...}, "ip_adapter": {...}} read with weights_only=True."""
     if not os.path.isfile(path):
         raise MissingModelFile(f"DiffBody: colour adapter file '{path}' does not exist.")
-    name = os.path.basename(path)
-    if path.lower().endswith((".safetensors", ".sft")):
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(path)
-        except Exception as e:  # safetensors raises its own error types for corrupt headers
-            raise WrongModelFile(f"DiffBody: '{name}' is not a readable safetensors file ({e}).") from e
-    try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise WrongModelFile(f"DiffBody: '{name}' could not be read as plain weights ({e}).") from e
-    if isinstance(loaded, dict) and set(loaded) >= {"image_proj", "ip_adapter"}:
+    loaded = read_weights(path, expected=EXPECTED)
+    if set(loaded) >= {"image_proj", "ip_adapter"}:
         return {f"{part}.{k}": v for part in ("image_proj", "ip_adapter") for k, v in loaded[part].items()}
-    if isinstance(loaded, dict) and all(isinstance(v, torch.Tensor) for v in loaded.values()):
+    if all(isinstance(v, torch.Tensor) for v in loaded.values()):
         return dict(loaded)
-    raise WrongModelFile(f"DiffBody: '{name}' does not hold an IP-Adapter state dict. Expected {EXPECTED}.")
+    raise WrongModelFile(f"DiffBody: '{os.path.basename(path)}' does not hold an IP-Adapter state dict. "
+                         f"Expected {EXPECTED}.")
 
 
 def load_colour_adapter(path: str, unet_config: Mapping[str, Any] | None = None,
@@ -440,15 +285,7 @@ def load_colour_adapter(path: str, unet_config: Mapping[str, Any] | None = None,
     name = os.path.basename(path)
     config = infer_config(state_dict, unet_config, source=f"'{name}'")
     adapter = ColourAdapter(config)
-    expected = set(adapter.state_dict())
-    extra, missing = sorted(set(state_dict) - expected), sorted(expected - set(state_dict))
-    if extra or missing:
-        raise WrongModelFile(f"DiffBody: '{name}' does not have IP-Adapter Plus's exact keys: unexpected "
-                             f"{extra[:5]}, missing {missing[:5]}. Expected {EXPECTED}.")
-    for key, tensor in adapter.state_dict().items():
-        if tuple(state_dict[key].shape) != tuple(tensor.shape):
-            raise WrongModelFile(f"DiffBody: '{name}': '{key}' has shape {tuple(state_dict[key].shape)}, "
-                                 f"expected {tuple(tensor.shape)}. Expected {EXPECTED}.")
+    check_state_dict(adapter.state_dict(), state_dict, name=name, expected=EXPECTED, path=path)
     if dtype is None:
         dtype = next(iter(state_dict.values())).dtype
     adapter = adapter.to(dtype)
@@ -460,15 +297,9 @@ def check_ip_adapter_layout(path: str) -> None:
     """Cheap early check (no tensor is read) that `path` is in IP-Adapter's layout: `image_proj.*` and
     `ip_adapter.*` keys. The strict shape check happens in `load_colour_adapter` against the UNet."""
     name = os.path.basename(path)
-    if not path.endswith((".safetensors", ".sft")):
+    if not path.endswith(SAFETENSORS_EXTENSIONS):
         return  # .bin files: load_colour_adapter reads them safely and checks everything
-    from safetensors import safe_open
-
-    try:
-        with safe_open(path, framework="pt") as f:
-            keys = list(f.keys())
-    except Exception as e:  # noqa: BLE001 - any unreadable file gets the same message
-        raise WrongModelFile(f"DiffBody: '{name}' is not a readable .safetensors file ({e}).") from e
+    _, keys = read_safetensors_header(path)
     if not any(k.startswith("image_proj.") for k in keys) or not any(k.startswith("ip_adapter.") for k in keys):
         sample = ", ".join(keys[:3])
         raise WrongModelFile(

@@ -21,8 +21,9 @@ import os
 import torch
 import torch.nn.functional as F
 
-from .files import (KNOWN_FILES, MissingModelFile, WrongModelFile, check_all_weights_loaded, missing_message,
-                    read_json_object)
+from .errors import MissingModelFile, WrongModelFile
+from .files import KNOWN_FILES, missing_message
+from .loading import check_all_weights_loaded, read_json_object
 
 FOLDER = "diffbody_priors"
 MODEL_TYPES = ("depth_anything", "dpt")

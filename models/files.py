@@ -13,31 +13,9 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .errors import MissingDependency, MissingModelFile, MissingModelFiles
+
 PT_EXTENSIONS = frozenset({".ckpt", ".pt", ".pt2", ".bin", ".pth", ".safetensors", ".pkl", ".sft"})
-
-
-class DiffBodyError(Exception):
-    """Base class for errors whose message is meant for the person using the pack."""
-
-
-class MissingModelFile(DiffBodyError):
-    """A model file is not where the pack looks for it."""
-
-
-class WrongModelFile(DiffBodyError):
-    """A file exists but is not the network the caller asked for."""
-
-
-class MissingModelFiles(MissingModelFile):
-    """Some of a command's model files are missing: the message lists each with where to get it."""
-
-    def __init__(self, message: str, missing: list[str]):
-        super().__init__(message)
-        self.missing = missing
-
-
-class MissingDependency(DiffBodyError):
-    """An optional Python package needed by the chosen option is not installed."""
 
 
 @dataclass(frozen=True)
@@ -273,28 +251,3 @@ def resolve_model_files(wanted, models_dir: Path, *, download_missing: bool, hin
             + f"\n\nPass --models-dir if your ComfyUI models folder is elsewhere; {hint}--tiny runs a plumbing "
               "check on tiny random weights.", missing)
     return paths
-
-
-def read_json_object(path: str) -> dict | None:
-    """A JSON file's top-level object (a model folder's config.json, model_index.json), or None when the
-    file is absent, unreadable or not an object: callers then say which file the folder lacks."""
-    import json
-
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def check_all_weights_loaded(info: dict, model_dir: str, network: str) -> None:
-    """transformers fills weights it could not find with random values and only warns: refuse that.
-    `info` is from_pretrained's loading info (output_loading_info=True)."""
-    missing = sorted(info.get("missing_keys", ()))
-    mismatched = sorted(str(k[0]) for k in info.get("mismatched_keys", ()))
-    if missing or mismatched:
-        names = ", ".join((missing + mismatched)[:5])
-        raise WrongModelFile(
-            f"DiffBody: the weights in '{model_dir}' do not fit the {network} its config.json describes "
-            f"({len(missing)} missing, {len(mismatched)} of another shape; e.g. {names}).")

@@ -24,23 +24,31 @@ in ModuleDicts keyed by SD's block index, so SD state-dict keys map 1:1: a key o
 
 from __future__ import annotations
 
-import dataclasses
-import json
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-if TYPE_CHECKING:
-    from .stage1_controlnet import Stage1ControlResiduals
+from .layers import enable_checkpointing
+from .loading import PackConfig
 
 BRANCHES = ("depth", "normal", "rgb")
 RGB_INDEX = BRANCHES.index("rgb")
 
 
 @dataclass
-class JointUNetConfig:
+class Stage1ControlResiduals:
+    """Stage-1 ControlNet residuals for JointUNet.forward (models/stage1_controlnet.py's docstring says
+    where each is added). Defined here, with the network that consumes them, so that the ControlNet
+    imports the UNet and never the other way round."""
+
+    down: list[torch.Tensor]
+    mid: torch.Tensor
+
+
+@dataclass
+class JointUNetConfig(PackConfig):
     """Every hyper-parameter of the joint UNet. Field names and meanings follow diffusers'
     UNet2DConditionModel config; `attention_head_dim` keeps diffusers' (mis)naming: it is the NUMBER of
     attention heads per block, as in SD 2.1's config.json."""
@@ -101,21 +109,6 @@ class JointUNetConfig:
     @property
     def in_channels(self) -> int:
         return self.latent_channels + self.pose_channels
-
-    def to_dict(self) -> dict[str, Any]:
-        return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v)
-                for f in dataclasses.fields(self)}
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "JointUNetConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown JointUNetConfig fields: {', '.join(unknown)}")
-        return cls(**values)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True)
 
     def to_diffusers_unet_config(self, in_channels: int | None = None) -> dict[str, Any]:
         """The matching diffusers UNet2DConditionModel config (for one branch as a plain UNet)."""
@@ -275,17 +268,6 @@ def timestep_embedding(time_proj: nn.Module, time_embedding: nn.Module, timestep
     return time_embedding(time_proj(t).to(like.dtype))
 
 
-def enable_checkpointing(model: nn.Module) -> None:
-    """Switch on diffusers' own activation checkpointing in every block that supports it."""
-    def checkpoint(module, *args):
-        return torch.utils.checkpoint.checkpoint(module.__call__, *args, use_reentrant=False)
-
-    for module in model.modules():
-        if hasattr(module, "gradient_checkpointing"):
-            module._gradient_checkpointing_func = checkpoint
-            module.gradient_checkpointing = True
-
-
 # ---- the network ---------------------------------------------------------------------------------------
 
 class JointBranch(nn.Module):
@@ -346,7 +328,7 @@ class JointUNet(nn.Module):
         return 1 + self.config.num_levels * self.config.layers_per_block + self.config.num_levels - 1
 
     def forward(self, noisy: torch.Tensor, pose_latent: torch.Tensor, timestep, context: torch.Tensor,
-                control: "Stage1ControlResiduals | None" = None) -> torch.Tensor:
+                control: Stage1ControlResiduals | None = None) -> torch.Tensor:
         """Predicted noise (B, 3, latent_channels, h, w) for the noisy depth/normal/RGB latents `noisy`
         (B, 3, latent_channels, h, w, branch axis in BRANCHES order), the pose latent (B, pose_channels, h, w),
         one timestep for all branches ((B,) or scalar) and text features `context` (B, L, cross_attention_dim).
@@ -391,7 +373,7 @@ class JointUNet(nn.Module):
             outputs.append(branch.conv_out(branch.conv_act(branch.conv_norm_out(y))))
         return torch.stack(outputs, dim=1)
 
-    def _split_control(self, control: "Stage1ControlResiduals | None"):
+    def _split_control(self, control: Stage1ControlResiduals | None):
         """(branch skip residuals, merged-feature residual, trunk skip residuals, mid residual), or Nones."""
         if control is None:
             return None, None, None, None

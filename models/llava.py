@@ -19,7 +19,9 @@ import os
 import torch
 
 from .devices import concrete_dtype
-from .files import MissingDependency, MissingModelFile, WrongModelFile, check_all_weights_loaded, missing_message
+from .errors import MissingDependency, MissingModelFile, WrongModelFile
+from .files import missing_message
+from .loading import check_all_weights_loaded
 
 QUANTIZATIONS = ("none", "8bit", "4bit")
 WEIGHTS_INDEX = "model.safetensors.index.json"

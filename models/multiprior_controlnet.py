@@ -28,43 +28,24 @@ sinusoidally embedded to 256 with cos first); `sdxl_added_vector` builds it on t
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .layers import enable_checkpointing, zero_conv
+from .loading import PackConfig
+from .unet_layout import SDXL_UNET_CONFIG
+
 PRIORS = ("image", "pose", "depth", "normal")
 VAE_SCALE = 8  # SDXL's VAE: the extractors must reduce image space by exactly this factor
 ADD_TIME_DIM = 256  # SDXL embeds each of its 6 micro-conditioning ids to 256 (ComfyUI hard-codes it too)
 NUM_TIME_IDS = 6
 
-# diffusers' UNet config of stabilityai/stable-diffusion-xl-base-1.0 (unet/config.json): used to convert a
-# single original-layout SDXL file without asking the hub, and as the default layout everywhere.
-SDXL_UNET_CONFIG: dict[str, Any] = {
-    "act_fn": "silu", "addition_embed_type": "text_time", "addition_embed_type_num_heads": 64,
-    "addition_time_embed_dim": 256, "attention_head_dim": [5, 10, 20], "block_out_channels": [320, 640, 1280],
-    "center_input_sample": False, "class_embed_type": None, "class_embeddings_concat": False,
-    "conv_in_kernel": 3, "conv_out_kernel": 3, "cross_attention_dim": 2048, "cross_attention_norm": None,
-    "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
-    "downsample_padding": 1, "dual_cross_attention": False, "encoder_hid_dim": None,
-    "encoder_hid_dim_type": None, "flip_sin_to_cos": True, "freq_shift": 0, "in_channels": 4,
-    "layers_per_block": 2, "mid_block_only_cross_attention": None, "mid_block_scale_factor": 1,
-    "mid_block_type": "UNetMidBlock2DCrossAttn", "norm_eps": 1e-05, "norm_num_groups": 32,
-    "num_attention_heads": None, "num_class_embeds": None, "only_cross_attention": False, "out_channels": 4,
-    "projection_class_embeddings_input_dim": 2816, "resnet_out_scale_factor": 1.0,
-    "resnet_skip_time_act": False, "resnet_time_scale_shift": "default", "sample_size": 128,
-    "time_cond_proj_dim": None, "time_embedding_act_fn": None, "time_embedding_dim": None,
-    "time_embedding_type": "positional", "timestep_post_act": None, "transformer_layers_per_block": [1, 2, 10],
-    "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"], "upcast_attention": None,
-    "use_linear_projection": True,
-}
-
-
 @dataclass
-class MultiPriorControlNetConfig:
+class MultiPriorControlNetConfig(PackConfig):
     """Sizes of the ControlNet: SDXL's encoder layout plus the prior extractors."""
 
     in_channels: int = 4
@@ -129,20 +110,6 @@ class MultiPriorControlNetConfig:
         own = {k: v for k, v in self.to_dict().items() if k not in _EXTRACTOR_FIELDS}
         theirs = {k: v for k, v in other.to_dict().items() if k not in _EXTRACTOR_FIELDS}
         return own == theirs
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> "MultiPriorControlNetConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(values) - known
-        if unknown:
-            raise ValueError(f"unknown MultiPriorControlNetConfig fields: {sorted(unknown)}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True)
 
 
 _EXTRACTOR_FIELDS = {"conditioning_channels", "conditioning_embedding_out_channels", "priors"}
@@ -281,7 +248,7 @@ class MultiPriorControlNet(nn.Module):
             channels[0], c.priors, c.conditioning_channels, c.conditioning_embedding_out_channels)
 
         self.down_blocks = nn.ModuleList()
-        self.controlnet_down_blocks = nn.ModuleList([_zero_conv(channels[0])])
+        self.controlnet_down_blocks = nn.ModuleList([zero_conv(channels[0])])
         out_ch = channels[0]
         for i, block_type in enumerate(c.down_block_types):
             in_ch, out_ch = out_ch, channels[i]
@@ -295,8 +262,8 @@ class MultiPriorControlNet(nn.Module):
                 attention_head_dim=out_ch // c.num_attention_heads[i], downsample_padding=1,
                 use_linear_projection=c.use_linear_projection, upcast_attention=c.upcast_attention))
             for _ in range(c.layers_per_block + (0 if is_final else 1)):
-                self.controlnet_down_blocks.append(_zero_conv(out_ch))
-        self.controlnet_mid_block = _zero_conv(channels[-1])
+                self.controlnet_down_blocks.append(zero_conv(out_ch))
+        self.controlnet_mid_block = zero_conv(channels[-1])
         self.mid_block = UNetMidBlock2DCrossAttn(
             transformer_layers_per_block=c.transformer_layers_per_block[-1], in_channels=channels[-1],
             temb_channels=time_dim, resnet_eps=c.norm_eps, resnet_act_fn="silu", output_scale_factor=1,
@@ -354,13 +321,7 @@ class MultiPriorControlNet(nn.Module):
 
     def enable_gradient_checkpointing(self, enabled: bool = True) -> None:
         """Recompute the diffusers blocks' activations in the backward pass (training on big images)."""
-        def checkpoint(module, *args):
-            return torch.utils.checkpoint.checkpoint(module.__call__, *args, use_reentrant=False)
-
-        for module in self.modules():
-            if hasattr(module, "gradient_checkpointing"):
-                module._gradient_checkpointing_func = checkpoint
-                module.gradient_checkpointing = enabled
+        enable_checkpointing(self, enabled)
 
     # -- running ---------------------------------------------------------------------------------------
 
@@ -444,10 +405,3 @@ class MultiPriorControlNet(nn.Module):
 
 
 UNET_COPIED_MODULES = ("conv_in", "time_embedding", "add_embedding", "down_blocks", "mid_block")
-
-
-def _zero_conv(channels: int) -> nn.Conv2d:
-    conv = nn.Conv2d(channels, channels, kernel_size=1)
-    nn.init.zeros_(conv.weight)
-    nn.init.zeros_(conv.bias)
-    return conv

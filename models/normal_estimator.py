@@ -18,7 +18,9 @@ from typing import Callable
 
 import torch
 
-from .files import MissingModelFile, WrongModelFile, missing_message, read_json_object
+from .errors import MissingModelFile, WrongModelFile
+from .files import missing_message
+from .loading import read_json_object
 
 FOLDER = "diffbody_priors"
 PIPELINE_CLASS = "MarigoldNormalsPipeline"

@@ -26,29 +26,13 @@ Every residual has the shape of the skip it is added to: (B, C_level, h_level, w
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
-from .joint_unet import (RGB_INDEX, JointUNet, JointUNetConfig, build_conv_in, build_down_block,
-                         build_mid_block, build_time_modules, enable_checkpointing, run_down_block,
-                         run_mid_block, timestep_embedding)
-
-
-@dataclass
-class Stage1ControlResiduals:
-    """ControlNet residuals for JointUNet.forward; see the module docstring for where each is added."""
-
-    down: list[torch.Tensor]
-    mid: torch.Tensor
-
-
-def _zero_conv(channels: int) -> nn.Conv2d:
-    conv = nn.Conv2d(channels, channels, kernel_size=1)
-    nn.init.zeros_(conv.weight)
-    nn.init.zeros_(conv.bias)
-    return conv
+from .joint_unet import (RGB_INDEX, JointUNet, JointUNetConfig, Stage1ControlResiduals, build_conv_in,
+                         build_down_block, build_mid_block, build_time_modules, run_down_block, run_mid_block,
+                         timestep_embedding)
+from .layers import enable_checkpointing, zero_conv
 
 
 def skip_channels(config: JointUNetConfig) -> list[int]:
@@ -83,8 +67,8 @@ class Stage1ControlNet(nn.Module):
         nn.init.zeros_(self.image_latent_in.bias)
         self.down_blocks = nn.ModuleDict({str(i): build_down_block(config, i) for i in range(config.num_levels)})
         self.mid_block = build_mid_block(config)
-        self.controlnet_down_blocks = nn.ModuleList([_zero_conv(c) for c in skip_channels(config)])
-        self.controlnet_mid_block = _zero_conv(config.block_out_channels[-1])
+        self.controlnet_down_blocks = nn.ModuleList([zero_conv(c) for c in skip_channels(config)])
+        self.controlnet_mid_block = zero_conv(config.block_out_channels[-1])
 
     @classmethod
     def from_unet(cls, unet: JointUNet) -> "Stage1ControlNet":

@@ -38,22 +38,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import pickle
 
 import torch
 
-from .files import MissingModelFile, WrongModelFile
+from .errors import MissingModelFile, WrongModelFile
+from .loading import (FORMAT_KEY, LDM_UNET_PREFIX, check_state_dict, read_pack_config, read_pack_metadata,
+                      read_state_dict, save_pack_file)
 from .joint_unet import JointUNet, JointUNetConfig, sd_key_to_joint_keys
 from .stage1_controlnet import Stage1ControlNet
 
 UNET_FILENAME = "diffbody_stage1_unet.safetensors"
 CONTROLNET_FILENAME = "diffbody_stage1_controlnet.safetensors"
-FORMAT_KEY = "diffbody_format"
 UNET_FORMAT = "stage1_unet"
 CONTROLNET_FORMAT = "stage1_controlnet"
-FORMAT_VERSION = "1"
-LDM_UNET_PREFIX = "model.diffusion_model."
-SAFETENSORS_EXTENSIONS = (".safetensors", ".sft")
 DIFFUSERS_UNET_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.fp16.safetensors",
                           "diffusion_pytorch_model.bin", "diffusion_pytorch_model.fp16.bin")
 EXPECTED = {
@@ -65,58 +62,6 @@ EXPECTED = {
 SD21_EXPECTED = ("Stable Diffusion 2.1-base (a diffusers folder with unet/config.json, or "
                  "v2-1_512-ema-pruned.safetensors / .ckpt)")
 HUMANSD_EXPECTED = "HumanSD's humansd-v1.ckpt (an SD 2.1-base UNet with an 8-channel conv_in)"
-
-
-# ---- reading files safely ------------------------------------------------------------------------------
-
-def read_state_dict(path: str) -> dict[str, torch.Tensor]:
-    """All tensors of a .safetensors file, or of a .ckpt/.pt/.pth/.bin read with weights_only=True (a Lightning
-    checkpoint's "state_dict" is unwrapped). Raises MissingModelFile / WrongModelFile."""
-    if not os.path.isfile(path):
-        raise MissingModelFile(f"DiffBody: model file '{path}' does not exist.")
-    name = os.path.basename(path)
-    if path.lower().endswith(SAFETENSORS_EXTENSIONS):
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(path, device="cpu")
-        except Exception as e:  # a truncated or foreign file: the user needs one clear answer
-            raise WrongModelFile(f"DiffBody: '{name}' is not a readable safetensors file ({e}).\n(file: {path})") from e
-    try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise WrongModelFile(_needs_conversion_message(path, e)) from e
-    except Exception as e:
-        raise WrongModelFile(f"DiffBody: '{name}' could not be read as a PyTorch weights file "
-                             f"({type(e).__name__}: {e}).\n(file: {path})") from e
-    if isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):
-        loaded = loaded["state_dict"]
-    if not isinstance(loaded, dict):
-        raise WrongModelFile(f"DiffBody: '{name}' holds a {type(loaded).__name__}, not a state dict.\n(file: {path})")
-    return {k: v for k, v in loaded.items() if isinstance(v, torch.Tensor)}
-
-
-def _needs_conversion_message(path: str, error: Exception) -> str:
-    name = os.path.basename(path)
-    target = os.path.splitext(path)[0] + ".safetensors"
-    return (f"DiffBody: '{name}' contains pickled Python objects besides its weights, and this pack only "
-            f"loads checkpoints with torch.load(weights_only=True) because unpickling can run code.\n"
-            f"If you trust where the file comes from, convert it once to safetensors and use that file:\n"
-            f"  python -c \"import torch, safetensors.torch as st; "
-            f"sd = torch.load(r'{path}', map_location='cpu', weights_only=False); sd = sd.get('state_dict', sd); "
-            f"st.save_file({{k: v.contiguous() for k, v in sd.items() if isinstance(v, torch.Tensor)}}, "
-            f"r'{target}')\"\n(torch said: {str(error).splitlines()[0] if str(error) else type(error).__name__})")
-
-
-def _read_safetensors_metadata(path: str) -> tuple[dict[str, str], list[str]]:
-    from safetensors import safe_open
-
-    try:
-        with safe_open(path, framework="pt", device="cpu") as f:
-            return dict(f.metadata() or {}), list(f.keys())
-    except Exception as e:
-        raise WrongModelFile(f"DiffBody: '{os.path.basename(path)}' is not a readable safetensors file ({e}).\n"
-                             f"(file: {path})") from e
 
 
 # ---- SD / HumanSD UNet weights in diffusers layout -----------------------------------------------------
@@ -223,29 +168,12 @@ def build_checked(cls, config: JointUNetConfig, state_dict: dict[str, torch.Tens
     """`cls(config)` with exactly `state_dict` (every key, every shape), else WrongModelFile."""
     with torch.device("meta"):
         model = cls(config)
-    wanted = model.state_dict()
-    problems = _key_problems(wanted, state_dict)
-    if problems:
-        raise WrongModelFile(f"DiffBody: '{os.path.basename(source)}' does not fit {expected}: {problems}.\n"
-                             f"(file: {source})")
+    check_state_dict(model.state_dict(), state_dict, name=os.path.basename(source), expected=expected, path=source)
     if dtype is not None:
         state_dict = {k: v.to(dtype) for k, v in state_dict.items()}
     state_dict = {k: v.to(device) for k, v in state_dict.items()}
     model.load_state_dict(state_dict, strict=True, assign=True)
     return model.eval()
-
-
-def _key_problems(wanted: dict[str, torch.Tensor], given: dict[str, torch.Tensor]) -> str:
-    missing = [k for k in wanted if k not in given]
-    unexpected = [k for k in given if k not in wanted]
-    wrong = [f"{k} {tuple(given[k].shape)} instead of {tuple(wanted[k].shape)}"
-             for k in wanted if k in given and given[k].shape != wanted[k].shape]
-    parts = []
-    for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)):
-        if items:
-            more = f" and {len(items) - 3} more" if len(items) > 3 else ""
-            parts.append(f"{len(items)} {label} tensor(s): {', '.join(items[:3])}{more}")
-    return "; ".join(parts)
 
 
 def _conv_in_channels(sd_state_dict: dict[str, torch.Tensor], source: str, expected: str) -> int:
@@ -292,13 +220,7 @@ def joint_unet_from_humansd(path: str, config: JointUNetConfig | None = None, *,
 # ---- our own layout ------------------------------------------------------------------------------------
 
 def _save(model: torch.nn.Module, path: str, fmt: str) -> str:
-    from safetensors.torch import save_file
-
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    metadata = {FORMAT_KEY: fmt, "format_version": FORMAT_VERSION, "config": model.config.to_json()}
-    save_file(tensors, path, metadata=metadata)
-    return path
+    return save_pack_file(model, path, fmt, config_json=model.config.to_json())
 
 
 def save_stage1_unet(unet: JointUNet, path: str) -> str:
@@ -324,25 +246,8 @@ def load_stage1_controlnet(path: str, *, device: str | torch.device = "cpu",
 
 
 def _load(path: str, fmt: str, cls, device, dtype):
-    if not os.path.isfile(path):
-        raise MissingModelFile(f"DiffBody: model file '{path}' does not exist.\nExpected {EXPECTED[fmt]}.")
-    name = os.path.basename(path)
-    if not path.lower().endswith(SAFETENSORS_EXTENSIONS):
-        raise WrongModelFile(f"DiffBody: '{name}' is not a .safetensors file; DiffBody's own weights are "
-                             f"safetensors.\nExpected {EXPECTED[fmt]}.\n(file: {path})")
-    metadata, keys = _read_safetensors_metadata(path)
-    found = metadata.get(FORMAT_KEY)
-    if found != fmt:
-        raise WrongModelFile(f"DiffBody: '{name}' is {_describe_foreign(found, keys)}.\n"
-                             f"Expected {EXPECTED[fmt]}.\n(file: {path})")
-    if metadata.get("format_version") != FORMAT_VERSION:
-        raise WrongModelFile(f"DiffBody: '{name}' has format_version {metadata.get('format_version')!r}; this "
-                             f"pack reads version {FORMAT_VERSION}. Update the pack.\n(file: {path})")
-    try:
-        config = JointUNetConfig.from_dict(json.loads(metadata.get("config", "")))
-    except (ValueError, TypeError) as e:
-        raise WrongModelFile(f"DiffBody: '{name}' has an unreadable network config in its metadata ({e}).\n"
-                             f"Expected {EXPECTED[fmt]}.\n(file: {path})") from e
+    metadata = read_pack_metadata(path, fmt, EXPECTED[fmt], _describe_foreign)
+    config = read_pack_config(metadata, JointUNetConfig, path, EXPECTED[fmt])
     state_dict = read_state_dict(path)
     return build_checked(cls, config, state_dict, path, EXPECTED[fmt], dtype, device)
 

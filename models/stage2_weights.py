@@ -26,79 +26,63 @@ from typing import Any, Mapping
 import torch
 
 from .colour_adapter import ColourAdapter
-from .files import MissingModelFile, WrongModelFile
-from .multiprior_controlnet import SDXL_UNET_CONFIG, MultiPriorControlNet, MultiPriorControlNetConfig
+from .errors import MissingModelFile, WrongModelFile
+from .loading import (FORMAT_KEY, LDM_UNET_PREFIX, SAFETENSORS_EXTENSIONS, check_state_dict, read_pack_config,
+                      read_pack_metadata, read_safetensors, save_pack_file)
+from .multiprior_controlnet import MultiPriorControlNet, MultiPriorControlNetConfig
+from .unet_layout import SDXL_UNET_CONFIG, ldm_unet_to_diffusers
 
 CONTROLNET_FILENAME = "diffbody_stage2_controlnet.safetensors"
 COLOUR_ADAPTER_FILENAME = "diffbody_colour_adapter.safetensors"
 PUBLIC_IP_ADAPTER_FILENAME = "ip-adapter-plus_sdxl_vit-h.safetensors"
 CONTROLNET_FORMAT = "stage2_controlnet"
 COLOUR_ADAPTER_FORMAT = "colour_adapter"
-FORMAT_VERSION = "1"
-LDM_UNET_PREFIX = "model.diffusion_model."
 CONTROLNET_EXPECTED = ("DiffBody's stage-2 multi-prior ControlNet (diffbody_stage2_controlnet.safetensors, "
-                       f"safetensors metadata diffbody_format='{CONTROLNET_FORMAT}')")
+                       f"safetensors metadata {FORMAT_KEY}='{CONTROLNET_FORMAT}')")
 
 
 # -- our ControlNet file ------------------------------------------------------------------------------
 
 def save_multiprior(model: MultiPriorControlNet, path: str, extra_metadata: Mapping[str, str] | None = None) -> str:
     """Write `model` in DiffBody's stage-2 ControlNet layout (weights as they are, contiguous); returns path."""
-    from safetensors.torch import save_file
-
-    metadata = {"diffbody_format": CONTROLNET_FORMAT, "format_version": FORMAT_VERSION,
-                "config": model.config.to_json()}
-    metadata.update(extra_metadata or {})
-    os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
-    tensors = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    save_file(tensors, path, metadata=metadata)
-    return path
+    return save_pack_file(model, path, CONTROLNET_FORMAT, config_json=model.config.to_json(),
+                          extra_metadata=extra_metadata)
 
 
-def load_multiprior(path: str, dtype: torch.dtype | None = torch.float32) -> MultiPriorControlNet:
+def load_multiprior(path: str, dtype: torch.dtype | None = torch.float32, *,
+                    device: str | torch.device = "cpu") -> MultiPriorControlNet:
     """Load a file written by `save_multiprior`, strictly: our format tag and version, a valid config,
-    exactly the config's keys and shapes. CPU, eval mode, `dtype` (None: the file's own)."""
-    name = os.path.basename(path)
-    metadata, keys = _read_header(path)
-    _check_controlnet_metadata(metadata, keys, name)
+    exactly the config's keys and shapes. On `device`, eval mode, `dtype` (None: the file's own)."""
+    metadata = read_pack_metadata(path, CONTROLNET_FORMAT, CONTROLNET_EXPECTED, _describe_foreign)
+    config = read_pack_config(metadata, MultiPriorControlNetConfig, path, CONTROLNET_EXPECTED)
     try:
-        config = MultiPriorControlNetConfig.from_dict(json.loads(metadata["config"]))
         model = MultiPriorControlNet(config)
-    except (ValueError, TypeError, KeyError) as e:
-        raise WrongModelFile(f"DiffBody: '{name}' has an unusable ControlNet config ({e}). "
+    except ValueError as e:
+        raise WrongModelFile(f"DiffBody: '{os.path.basename(path)}' has an unusable ControlNet config ({e}). "
                              f"Expected {CONTROLNET_EXPECTED}.") from e
-    state_dict = _load_safetensors(path)
-    _check_exact_keys(model.state_dict(), state_dict, name, CONTROLNET_EXPECTED)
+    state_dict = read_safetensors(path)
+    check_state_dict(model.state_dict(), state_dict, name=os.path.basename(path), expected=CONTROLNET_EXPECTED,
+                     path=path)
     if dtype is None:
         dtype = next(iter(state_dict.values())).dtype
     model = model.to(dtype)
     model.load_state_dict(state_dict, strict=True)
-    return model.eval()
+    return model.to(device).eval()
 
 
-def _check_controlnet_metadata(metadata: Mapping[str, str], keys: set[str], name: str) -> None:
-    fmt = metadata.get("diffbody_format")
-    if fmt == CONTROLNET_FORMAT:
-        version = metadata.get("format_version")
-        if version != FORMAT_VERSION:
-            raise WrongModelFile(f"DiffBody: '{name}' is stage-2 ControlNet format version {version!r}; this "
-                                 f"DiffBody reads version {FORMAT_VERSION}. Update the pack (or re-export the file).")
-        if "config" not in metadata:
-            raise WrongModelFile(f"DiffBody: '{name}' has no 'config' in its metadata. Expected {CONTROLNET_EXPECTED}.")
-        return
+def _describe_foreign(fmt: str | None, keys) -> str:
+    """What a file given to the stage-2 ControlNet loader is, in words."""
+    keys = set(keys)
     if fmt is not None:
-        raise WrongModelFile(f"DiffBody: '{name}' is a DiffBody '{fmt}' file, not the stage-2 ControlNet. "
-                             f"Expected {CONTROLNET_EXPECTED}.")
+        return f"a DiffBody '{fmt}' file, not the stage-2 ControlNet"
     if "controlnet_cond_embedding.conv_in.weight" in keys:
-        what = ("a plain diffusers ControlNet (one conditioning image), not DiffBody's multi-prior one; "
+        return ("a plain diffusers ControlNet (one conditioning image), not DiffBody's multi-prior one; "
                 "convert it with comfyui_diffbody.models.stage2_weights.multiprior_from_diffusers_controlnet")
-    elif any(k.startswith(("control_model.", "input_hint_block.")) for k in keys):
-        what = "an original-layout (ComfyUI/A1111) ControlNet, not DiffBody's multi-prior one"
-    elif any(k.startswith(("image_proj.", "ip_adapter.")) for k in keys):
-        what = "an IP-Adapter (load it as the colour adapter instead)"
-    else:
-        what = "not a DiffBody stage-2 ControlNet (no diffbody_format metadata)"
-    raise WrongModelFile(f"DiffBody: '{name}' is {what}. Expected {CONTROLNET_EXPECTED}.")
+    if any(k.startswith(("control_model.", "input_hint_block.")) for k in keys):
+        return "an original-layout (ComfyUI/A1111) ControlNet, not DiffBody's multi-prior one"
+    if any(k.startswith(("image_proj.", "ip_adapter.")) for k in keys):
+        return "an IP-Adapter (load it as the colour adapter instead)"
+    return "not a DiffBody stage-2 ControlNet (no diffbody_format metadata)"
 
 
 def multiprior_from_diffusers_controlnet(state_dict: Mapping[str, torch.Tensor],
@@ -117,8 +101,8 @@ def multiprior_from_diffusers_controlnet(state_dict: Mapping[str, torch.Tensor],
     own = model.state_dict()
     fresh = {k: v for k, v in own.items() if k.startswith("controlnet_cond_embedding.extractors.")
              and not k.startswith(f"controlnet_cond_embedding.extractors.{prior}.")}
-    _check_exact_keys(own, {**fresh, **mapped}, "the diffusers ControlNet", "a diffusers SDXL ControlNetModel "
-                      "state dict with the same sizes as the config")
+    check_state_dict(own, {**fresh, **mapped}, name="the diffusers ControlNet",
+                     expected="a diffusers SDXL ControlNetModel state dict with the same sizes as the config")
     model.load_state_dict({**fresh, **mapped}, strict=True)
     return model
 
@@ -153,11 +137,11 @@ def sdxl_unet_state_dict(source: str, unet_config: Mapping[str, Any] | None = No
         return _diffusers_folder_state_dict(source)
     if not os.path.isfile(source):
         raise MissingModelFile(f"DiffBody: SDXL model '{source}' does not exist.")
-    if not source.lower().endswith((".safetensors", ".sft")):
+    if not source.lower().endswith(SAFETENSORS_EXTENSIONS):
         raise WrongModelFile(f"DiffBody: '{os.path.basename(source)}': only .safetensors single-file SDXL "
                              "checkpoints are read (pickled .ckpt files are not opened).")
     config = dict(SDXL_UNET_CONFIG if unet_config is None else unet_config)
-    return ldm_unet_to_diffusers(_load_safetensors(source, prefix=LDM_UNET_PREFIX), config), config
+    return ldm_unet_to_diffusers(read_safetensors(source, prefix=LDM_UNET_PREFIX), config), config
 
 
 def _diffusers_folder_state_dict(folder: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -169,7 +153,7 @@ def _diffusers_folder_state_dict(folder: str) -> tuple[dict[str, torch.Tensor], 
         config = json.load(f)
     state_dict: dict[str, torch.Tensor] = {}
     for weights in _diffusers_weight_files(unet_dir):
-        state_dict.update(_load_safetensors(weights))
+        state_dict.update(read_safetensors(weights))
     return state_dict, config
 
 
@@ -187,118 +171,8 @@ def _diffusers_weight_files(unet_dir: str) -> list[str]:
                          "(pickled .bin weights are not opened).")
 
 
-def ldm_unet_to_diffusers(ldm_state_dict: Mapping[str, torch.Tensor],
-                          unet_config: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-    """Original (LDM) UNet keys, without the `model.diffusion_model.` prefix -> diffusers keys, using
-    diffusers' own single-file converter."""
-    from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint
-
-    if not ldm_state_dict:
-        raise WrongModelFile(f"DiffBody: no '{LDM_UNET_PREFIX}*' UNet weights found: not an SDXL checkpoint.")
-    prefixed = {LDM_UNET_PREFIX + k: v for k, v in ldm_state_dict.items()}
-    try:
-        return convert_ldm_unet_checkpoint(prefixed, dict(unet_config))
-    except (KeyError, IndexError) as e:
-        raise WrongModelFile(f"DiffBody: the checkpoint's UNet does not have the SDXL layout ({e!r}).") from e
-
-
-_RESNET_TO_LDM = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_layers.1",
-                  "norm2": "out_layers.0", "conv2": "out_layers.3", "conv_shortcut": "skip_connection"}
-_BASIC_TO_LDM = {"time_embedding.linear_1": "time_embed.0", "time_embedding.linear_2": "time_embed.2",
-                 "add_embedding.linear_1": "label_emb.0.0", "add_embedding.linear_2": "label_emb.0.2",
-                 "conv_in": "input_blocks.0.0", "conv_norm_out": "out.0", "conv_out": "out.2"}
-
-
-def diffusers_unet_to_ldm(state_dict: Mapping[str, torch.Tensor],
-                          unet_config: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-    """diffusers UNet keys -> original (LDM/ComfyUI) keys without prefix, for SDXL-layout UNets (the
-    inverse of `ldm_unet_to_diffusers`; the tests check the round trip through diffusers' converter)."""
-    lpb = unet_config["layers_per_block"]
-    has_attention = ["CrossAttn" in kind for kind in unet_config["up_block_types"]]
-    out = {}
-    for key, value in state_dict.items():
-        out[_ldm_key(key, lpb, has_attention)] = value
-    return out
-
-
-def _ldm_key(key: str, lpb: int, up_has_attention: list[bool]) -> str:
-    for prefix, ldm in _BASIC_TO_LDM.items():
-        if key.startswith(prefix + "."):
-            return ldm + key[len(prefix):]
-    parts = key.split(".")
-    if parts[0] == "down_blocks":
-        level, kind = int(parts[1]), parts[2]
-        if kind == "downsamplers":  # down_blocks.i.downsamplers.0.conv.* -> input_blocks.n.0.op.*
-            return f"input_blocks.{1 + level * (lpb + 1) + lpb}.0.op." + ".".join(parts[5:])
-        number = 1 + level * (lpb + 1) + int(parts[3])
-        return _block_key(f"input_blocks.{number}", kind, parts[4:])
-    if parts[0] == "up_blocks":
-        level, kind = int(parts[1]), parts[2]
-        if kind == "upsamplers":  # the upsampler follows the resnet (and the attention, if any)
-            slot = 2 if up_has_attention[level] else 1
-            return f"output_blocks.{level * (lpb + 1) + lpb}.{slot}.conv." + ".".join(parts[5:])
-        return _block_key(f"output_blocks.{level * (lpb + 1) + int(parts[3])}", kind, parts[4:])
-    if parts[0] == "mid_block":
-        kind, index = parts[1], int(parts[2])
-        slot = 1 if kind == "attentions" else 2 * index
-        return _block_key(f"middle_block.{slot}", "mid_" + kind, parts[3:])
-    raise ValueError(f"unexpected diffusers UNet key {key!r}")
-
-
-def _block_key(block: str, kind: str, rest: list[str]) -> str:
-    if kind in ("resnets", "mid_resnets"):
-        return f"{block}{'' if kind == 'mid_resnets' else '.0'}.{_RESNET_TO_LDM[rest[0]]}." + ".".join(rest[1:])
-    if kind == "attentions":
-        return f"{block}.1." + ".".join(rest)
-    if kind == "mid_attentions":
-        return f"{block}." + ".".join(rest)
-    raise ValueError(f"unexpected block part {kind!r}")
-
-
 # -- colour adapter file ------------------------------------------------------------------------------
 
 def save_colour_adapter(adapter: ColourAdapter, path: str) -> str:
     """Write the adapter in IP-Adapter Plus's public layout (same keys as ip-adapter-plus_sdxl_vit-h)."""
-    from safetensors.torch import save_file
-
-    os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
-    tensors = {k: v.detach().contiguous() for k, v in adapter.state_dict().items()}
-    save_file(tensors, path, metadata={"diffbody_format": COLOUR_ADAPTER_FORMAT, "format_version": FORMAT_VERSION})
-    return path
-
-
-# -- helpers ------------------------------------------------------------------------------------------
-
-def _read_header(path: str) -> tuple[dict[str, str], set[str]]:
-    from safetensors import safe_open
-
-    if not os.path.isfile(path):
-        raise MissingModelFile(f"DiffBody: model file '{path}' does not exist.")
-    try:
-        with safe_open(path, framework="pt") as f:
-            return dict(f.metadata() or {}), set(f.keys())
-    except Exception as e:  # safetensors raises its own error types for non-safetensors data
-        raise WrongModelFile(f"DiffBody: '{os.path.basename(path)}' is not a readable safetensors file ({e}).") from e
-
-
-def _load_safetensors(path: str, prefix: str = "") -> dict[str, torch.Tensor]:
-    """Tensors of a safetensors file (only those under `prefix`, with it stripped)."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(path, framework="pt") as f:
-            return {k[len(prefix):]: f.get_tensor(k) for k in f.keys() if k.startswith(prefix)}
-    except Exception as e:
-        raise WrongModelFile(f"DiffBody: '{os.path.basename(path)}' is not a readable safetensors file ({e}).") from e
-
-
-def _check_exact_keys(expected: Mapping[str, torch.Tensor], found: Mapping[str, torch.Tensor],
-                      name: str, what: str) -> None:
-    extra, missing = sorted(set(found) - set(expected)), sorted(set(expected) - set(found))
-    if extra or missing:
-        raise WrongModelFile(f"DiffBody: '{name}' does not have the expected keys ({len(missing)} missing, e.g. "
-                             f"{missing[:3]}; {len(extra)} unexpected, e.g. {extra[:3]}). Expected {what}.")
-    for key, tensor in expected.items():
-        if tuple(found[key].shape) != tuple(tensor.shape):
-            raise WrongModelFile(f"DiffBody: '{name}': '{key}' has shape {tuple(found[key].shape)}, expected "
-                                 f"{tuple(tensor.shape)}. Expected {what}.")
+    return save_pack_file(adapter, path, COLOUR_ADAPTER_FORMAT)

@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .files import MissingDependency, MissingModelFile, WrongModelFile
+from .errors import MissingDependency, MissingModelFile, WrongModelFile
+from .loading import read_weights
 
 if TYPE_CHECKING:
     from spandrel import ImageModelDescriptor
@@ -27,7 +28,6 @@ MIN_SPANDREL = "0.4.2"
 UNSHUFFLE = 8
 EXPECTED = ("DiffBIR's SwinIR cleaner (general_swinir_v1.ckpt or realesrgan_s4_swinir_100k.pth): a SwinIR "
             "restoration network with an 8x pixel-unshuffle input, a 'nearest+conv' upsampler and x1 output")
-SAFETENSORS_EXTENSIONS = (".safetensors", ".sft")
 
 
 def load_swinir(path: str) -> "ImageModelDescriptor":
@@ -39,7 +39,7 @@ def load_swinir(path: str) -> "ImageModelDescriptor":
     if not os.path.isfile(path):
         raise MissingModelFile(f"DiffBody: SwinIR model file '{path}' does not exist.")
     spandrel = _import_spandrel()
-    state_dict = spandrel.canonicalize_state_dict(_read_weights(path))
+    state_dict = spandrel.canonicalize_state_dict(read_weights(path, expected=EXPECTED))
     _check_all_tensors(state_dict, path)
     descriptor = _build_descriptor(spandrel, state_dict, path)
     _check_is_diffbir_cleaner(descriptor, path)
@@ -58,24 +58,6 @@ def _import_spandrel():
             f"DiffBody: spandrel {spandrel.__version__} builds DiffBIR's SwinIR wrongly; "
             "it needs spandrel >= 0.4.2: pip install -U 'spandrel>=0.4.2'")
     return spandrel
-
-
-def _read_weights(path: str) -> dict:
-    name = os.path.basename(path)
-    try:
-        if path.lower().endswith(SAFETENSORS_EXTENSIONS):
-            from safetensors.torch import load_file
-
-            return load_file(path, device="cpu")
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # any unreadable byte soup raises its own type; the user needs one answer
-        raise WrongModelFile(
-            f"DiffBody: '{name}' could not be read as a weights file ({type(e).__name__}: {e}).\n"
-            f"Expected {EXPECTED}.\n(file: {path})") from e
-    if not isinstance(loaded, dict):
-        raise WrongModelFile(
-            f"DiffBody: '{name}' holds a {type(loaded).__name__}, not a state dict.\nExpected {EXPECTED}.\n(file: {path})")
-    return loaded
 
 
 def _check_all_tensors(state_dict: dict, path: str) -> None:

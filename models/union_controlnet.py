@@ -20,7 +20,8 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any, Mapping
 
-from .files import MissingModelFile, WrongModelFile
+from .errors import MissingModelFile, WrongModelFile
+from .loading import check_state_dict, read_safetensors
 
 if TYPE_CHECKING:
     import torch
@@ -73,10 +74,8 @@ def load_union_controlnet(path: str, *, device: "torch.device | str" = "cpu", dt
         return model.to(device).eval()
     if not os.path.isfile(path):
         raise MissingModelFile(f"DiffBody: ControlNet-Union file '{path}' does not exist.")
-    from safetensors.torch import load_file
-
     name = os.path.basename(path)
-    state_dict = load_file(path)
+    state_dict = read_safetensors(path)
     if not all(key in state_dict for key in UNION_MARKER_KEYS):
         kind = ("DiffBody's own multi-prior ControlNet (load it with 'DiffBody Multi-Prior ControlNet Loader')"
                 if any(".extractors." in k for k in state_dict) else
@@ -88,12 +87,9 @@ def load_union_controlnet(path: str, *, device: "torch.device | str" = "cpu", dt
     arguments["num_control_type"] = int(state_dict["task_embedding"].shape[0])
     with torch.device("meta"):  # shapes first: a wrong file fails before SDXL's ControlNet is allocated
         probe = ControlNetUnionModel(**arguments)
-    expected = {k: tuple(v.shape) for k, v in probe.state_dict().items()}
-    found = {k: tuple(v.shape) for k, v in state_dict.items()}
-    if expected != found:
-        differing = sorted(set(expected) ^ set(found))[:3] or [k for k in expected if expected[k] != found[k]][:3]
-        raise WrongModelFile(f"DiffBody: '{name}' is a ControlNet-Union file of another size than expected "
-                             f"(SDXL base's unless a config is given); e.g. {differing}.")
+    check_state_dict(probe.state_dict(), state_dict, name=name, path=path,
+                     expected="ControlNet-Union SDXL of the configured size (SDXL base's unless a config is given), "
+                              "not a ControlNet-Union file of another size")
     model = ControlNetUnionModel(**arguments)
     model.load_state_dict(state_dict, strict=True)
     if dtype is not None and dtype != torch.float32:

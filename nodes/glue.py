@@ -9,7 +9,8 @@ from __future__ import annotations
 import os
 from typing import Callable
 
-from ..models.files import FOLDERS, KNOWN_FILES, MissingModelFile, download, find_file, missing_message
+from ..models.errors import MissingModelFile
+from ..models.files import FOLDERS, KNOWN_FILES, download, find_file, missing_message
 
 
 def running_inside_comfyui() -> bool:

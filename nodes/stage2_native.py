@@ -140,7 +140,7 @@ def patch_colour_adapter(model, adapter, adapter_patcher, cond_tokens, uncond_to
                          start_percent: float, end_percent: float):
     """A clone of MODEL with the adapter on every SDXL cross-attention layer (ComfyUI's attn2 replace
     patches), the adapter's weights registered so ComfyUI loads them with the UNet."""
-    from ..models.colour_adapter import comfy_attn2_locations
+    from ..models.unet_layout import comfy_attn2_locations
 
     patched = model.clone()
     sampling = patched.get_model_object("model_sampling")

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..models.files import DiffBodyError
+from ..models.errors import DiffBodyError
 
 BUCKETS: tuple[tuple[int, int], ...] = ((512, 512), (768, 512), (1024, 512), (512, 768), (512, 1024))  # (H, W)
 SIZE_MODES = ("bucket", "native")

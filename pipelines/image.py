@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..models.files import DiffBodyError
+from ..models.errors import DiffBodyError
 
 if TYPE_CHECKING:
     import torch

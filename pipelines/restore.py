@@ -165,8 +165,8 @@ def _run_stage0(images, models: ModelPaths, captioner, options: RestoreOptions, 
 
 
 def _run_stage1(results: list[RestoreResult], models: ModelPaths, options: RestoreOptions, progress) -> None:
+    from ..models.sd21_components import load_sd21_components
     from ..models.stage1_weights import load_stage1_controlnet, load_stage1_unet
-    from .sd_components import load_sd21_components
     from .stage1 import DEFAULT_STEPS, Stage1Pipeline
 
     device, dtype = options.device, options.dtype
@@ -232,7 +232,8 @@ def _run_stage2(results: list[RestoreResult], models: ModelPaths, options: Resto
 
 def _load_stage2(models: ModelPaths, options: RestoreOptions, network_configs: NetworkConfigs):
     from ..models.colour_adapter import load_colour_adapter
-    from .stage2 import Stage2Pipeline, load_clip_vision, load_sdxl_parts
+    from ..models.sdxl_components import load_clip_vision, load_sdxl_parts
+    from .stage2 import Stage2Pipeline
 
     device, dtype = options.device, options.dtype
     # SDXL's original VAE overflows in fp16: it stays float32 (load_sdxl_parts' default).

@@ -25,7 +25,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from ..models.files import DiffBodyError
+from ..models.errors import DiffBodyError
 
 SCHEDULERS = ("ddpm", "ddim", "dpmpp_2m", "euler")
 

@@ -41,13 +41,13 @@ from typing import TYPE_CHECKING, Callable, Iterator
 import torch
 from torch import nn
 
-from ..models.files import DiffBodyError
+from ..models.errors import DiffBodyError
 from ..models.joint_unet import BRANCHES
+from ..models.sd21_components import LatentCodec, TextEncoder
 from .buckets import plan_resize
 from . import sampling
 from .image import BadImage, check_bchw
 from .sampling import check_scheduler, guidance_batch, guided, initial_noise, item_generators, scheduler_step
-from .sd_components import LatentCodec, TextEncoder
 
 if TYPE_CHECKING:
     from ..models.joint_unet import JointUNet

@@ -3,7 +3,7 @@ pieces it uses (colour_attention.py, union_control.py) can all raise it without 
 
 from __future__ import annotations
 
-from ..models.files import DiffBodyError
+from ..models.errors import DiffBodyError
 
 
 class Stage2Error(DiffBodyError, ValueError):

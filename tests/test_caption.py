@@ -10,8 +10,8 @@ import socket
 import pytest
 import torch
 
-from comfyui_diffbody.models.files import MissingDependency, MissingModelFile, WrongModelFile
 from comfyui_diffbody.models.devices import concrete_dtype
+from comfyui_diffbody.models.errors import MissingDependency, MissingModelFile, WrongModelFile
 from comfyui_diffbody.models.llava import check_llava_folder, load_llava
 from comfyui_diffbody.pipelines.image import BadImage
 from comfyui_diffbody.pipelines.caption import (

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from comfyui_diffbody.models.depth_estimator import DepthEstimator, check_depth_folder, normalise_per_image
-from comfyui_diffbody.models.files import KNOWN_FILES, MissingModelFile, WrongModelFile
+from comfyui_diffbody.models.errors import MissingModelFile, WrongModelFile
+from comfyui_diffbody.models.files import KNOWN_FILES
 from comfyui_diffbody.models.normal_estimator import check_normals_folder
 from comfyui_diffbody.pipelines.depth_normal import (
     DepthNormalEstimator,

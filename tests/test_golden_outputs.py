@@ -32,12 +32,14 @@ from PIL import Image
 
 from comfy_harness import REPO_ROOT, execution_error
 from conftest import person_photo
-from workflow_tools import API_DIR, WORKFLOWS_DIR, load_workflow
+from workflow_tools import API_DIR, WORKFLOWS_DIR
 
 # -- names a refactor may move: the one place to fix when they do ------------------------------------------
 from comfyui_diffbody.models.colour_adapter import ColourAdapter, ColourAdapterConfig, load_colour_adapter
 from comfyui_diffbody.models.joint_unet import JointUNet, JointUNetConfig
 from comfyui_diffbody.models.multiprior_controlnet import MultiPriorControlNet, MultiPriorControlNetConfig
+from comfyui_diffbody.models.sd21_components import load_sd21_components
+from comfyui_diffbody.models.sdxl_components import load_clip_vision, load_sdxl_parts
 from comfyui_diffbody.models.stage1_controlnet import Stage1ControlNet
 from comfyui_diffbody.models.stage1_weights import (load_stage1_controlnet, load_stage1_unet, save_stage1_controlnet,
                                                     save_stage1_unet)
@@ -48,13 +50,12 @@ from comfyui_diffbody.pipelines.caption import LlavaCaptioner
 from comfyui_diffbody.pipelines.cleanup import clean_images
 from comfyui_diffbody.pipelines.depth_normal import load_depth_normal_estimator
 from comfyui_diffbody.pipelines.pose.backends import make_estimator
-from comfyui_diffbody.pipelines.sd_components import load_sd21_components
 from comfyui_diffbody.pipelines.stage0 import Stage0Options, run_stage0
 from comfyui_diffbody.pipelines.stage1 import SCHEDULERS as STAGE1_SCHEDULERS
 from comfyui_diffbody.pipelines.stage1 import Stage1Pipeline
 from comfyui_diffbody.pipelines.stage2 import SCHEDULERS as STAGE2_SCHEDULERS
-from comfyui_diffbody.pipelines.stage2 import (Stage2Pipeline, Stage2Settings, UnionPriorControl, load_clip_vision,
-                                               load_sdxl_parts)
+from comfyui_diffbody.pipelines.stage2 import Stage2Pipeline, Stage2Settings
+from comfyui_diffbody.pipelines.union_control import UnionPriorControl
 from comfyui_diffbody.testing.tiny.stage2 import tiny_clip_vision_kwargs
 from comfyui_diffbody.testing.tiny.union import tiny_union_config
 from test_workflows import runnable  # exactly how tests/test_workflows.py prepares a bundled workflow

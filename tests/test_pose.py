@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from comfyui_diffbody.models.files import DiffBodyError, MissingDependency, MissingModelFile, WrongModelFile
+from comfyui_diffbody.models.errors import DiffBodyError, MissingDependency, MissingModelFile, WrongModelFile
 from comfyui_diffbody.pipelines.image import BadImage
 from comfyui_diffbody.pipelines.pose import keypoints as K
 from comfyui_diffbody.pipelines.pose.backends import (BACKENDS, UnknownBackend, estimate_batch,

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from comfyui_diffbody.models.files import MissingDependency
+from comfyui_diffbody.models.errors import MissingDependency
 from comfyui_diffbody.pipelines.pose import keypoints as kp
 from comfyui_diffbody.pipelines.pose import mediapipe_backend as mb
 

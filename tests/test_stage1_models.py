@@ -10,15 +10,16 @@ import os
 import pytest
 import torch
 
-from comfyui_diffbody.models.files import MissingModelFile, WrongModelFile
-from comfyui_diffbody.models.joint_unet import BRANCHES, JointUNet, JointUNetConfig, sd_key_to_joint_keys
-from comfyui_diffbody.models.stage1_controlnet import Stage1ControlNet, Stage1ControlResiduals
+from comfyui_diffbody.models.errors import MissingModelFile, WrongModelFile
+from comfyui_diffbody.models.joint_unet import (BRANCHES, JointUNet, JointUNetConfig, Stage1ControlResiduals,
+                                               sd_key_to_joint_keys)
+from comfyui_diffbody.models.loading import read_state_dict
+from comfyui_diffbody.models.stage1_controlnet import Stage1ControlNet
 from comfyui_diffbody.models.stage1_weights import (
     joint_unet_from_humansd,
     joint_unet_from_sd21,
     load_stage1_controlnet,
     load_stage1_unet,
-    read_state_dict,
     save_stage1_unet,
 )
 from comfyui_diffbody.testing.tiny.stage1 import (

@@ -1,5 +1,5 @@
 """Stage-1 joint sampling (pipelines/stage1.py), its sizes (pipelines/buckets.py) and the SD 2.1 parts
-(pipelines/sd_components.py), on the CPU with the tiny joint UNet, a tiny ControlNet and a tiny SD 2.1
+(models/sd21_components.py), on the CPU with the tiny joint UNet, a tiny ControlNet and a tiny SD 2.1
 folder (VAE + text encoder) written by testing/tiny/sd21_components.py.
 """
 
@@ -12,13 +12,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from comfyui_diffbody.models.files import DiffBodyError, MissingModelFile
-from comfyui_diffbody.models.joint_unet import BRANCHES, JointUNet, JointUNetConfig
-from comfyui_diffbody.models.stage1_controlnet import Stage1ControlNet, Stage1ControlResiduals
+from comfyui_diffbody.models.errors import DiffBodyError, MissingModelFile
+from comfyui_diffbody.models.joint_unet import BRANCHES, JointUNet, JointUNetConfig, Stage1ControlResiduals
+from comfyui_diffbody.models.sd21_components import DiffusersVAE, load_sd21_components
+from comfyui_diffbody.models.stage1_controlnet import Stage1ControlNet
 from comfyui_diffbody.pipelines.buckets import BUCKETS, UnknownSizeMode, nearest_bucket, plan_resize
 from comfyui_diffbody.pipelines.image import EmptyImage, WrongChannelCount
 from comfyui_diffbody.pipelines.sampling import UnknownScheduler
-from comfyui_diffbody.pipelines.sd_components import DiffusersVAE, load_sd21_components
 from comfyui_diffbody.pipelines.stage1 import (
     SCHEDULERS,
     CaptionCountMismatch,

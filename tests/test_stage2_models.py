@@ -14,18 +14,16 @@ import sys
 import pytest
 import torch
 
-from comfyui_diffbody.models.colour_adapter import (ColourAdapter, ColourAdapterConfig, attention_processor_names,
-                                                    comfy_attn2_locations, cross_attention_layers, infer_config,
-                                                    load_colour_adapter)
-from comfyui_diffbody.models.files import MissingModelFile, WrongModelFile
-from comfyui_diffbody.models.multiprior_controlnet import (PRIORS, SDXL_UNET_CONFIG, MultiPriorControlNet,
-                                                           MultiPriorControlNetConfig)
-from comfyui_diffbody.models.stage2_weights import (diffusers_unet_to_ldm, ldm_unet_to_diffusers, load_multiprior,
-                                                    multiprior_from_diffusers_controlnet, multiprior_from_sdxl_unet,
-                                                    save_colour_adapter, save_multiprior)
+from comfyui_diffbody.models.colour_adapter import ColourAdapter, ColourAdapterConfig, infer_config, load_colour_adapter
+from comfyui_diffbody.models.errors import MissingModelFile, WrongModelFile
+from comfyui_diffbody.models.multiprior_controlnet import PRIORS, MultiPriorControlNet, MultiPriorControlNetConfig
+from comfyui_diffbody.models.sdxl_components import load_clip_vision, load_sdxl_parts
+from comfyui_diffbody.models.stage2_weights import (load_multiprior, multiprior_from_diffusers_controlnet,
+                                                    multiprior_from_sdxl_unet, save_colour_adapter, save_multiprior)
+from comfyui_diffbody.models.unet_layout import (SDXL_UNET_CONFIG, attention_processor_names, comfy_attn2_locations,
+                                                 cross_attention_layers, diffusers_unet_to_ldm, ldm_unet_to_diffusers)
 from comfyui_diffbody.pipelines.colour_attention import colour_adapter_installed
-from comfyui_diffbody.pipelines.stage2 import (SCHEDULERS, Stage2Pipeline, Stage2Settings, active_at, load_clip_vision,
-                                               load_sdxl_parts)
+from comfyui_diffbody.pipelines.stage2 import SCHEDULERS, Stage2Pipeline, Stage2Settings, active_at
 from comfyui_diffbody.pipelines.stage2_errors import Stage2Error
 from comfyui_diffbody.testing.tiny import stage2 as tiny
 
@@ -595,9 +593,10 @@ from comfy.ldm.modules.attention import optimized_attention
 from comfy.ldm.modules.diffusionmodules.openaimodel import Timestep, UNetModel
 from diffusers import UNet2DConditionModel
 from safetensors.torch import load_file
-from comfyui_diffbody.models.colour_adapter import comfy_attn2_locations, load_colour_adapter
-from comfyui_diffbody.models.multiprior_controlnet import SDXL_UNET_CONFIG, MultiPriorControlNet
-from comfyui_diffbody.models.stage2_weights import diffusers_unet_to_ldm, load_multiprior
+from comfyui_diffbody.models.colour_adapter import load_colour_adapter
+from comfyui_diffbody.models.multiprior_controlnet import MultiPriorControlNet
+from comfyui_diffbody.models.stage2_weights import load_multiprior
+from comfyui_diffbody.models.unet_layout import SDXL_UNET_CONFIG, comfy_attn2_locations, diffusers_unet_to_ldm
 from comfyui_diffbody.pipelines.colour_attention import colour_adapter_installed
 from comfyui_diffbody.testing.tiny import stage2 as tiny
 

@@ -38,9 +38,10 @@ import comfy.model_detection, comfy.model_management, comfy.model_patcher, comfy
 import comfy.utils
 from diffusers import EulerDiscreteScheduler
 from comfy_test_nodes.tiny_stand_ins import TinyCLIPVision  # CLIP_VISION's interface over the tiny encoder
-from comfyui_diffbody.models.colour_adapter import comfy_attn2_locations, load_colour_adapter
+from comfyui_diffbody.models.colour_adapter import load_colour_adapter
 from comfyui_diffbody.models.multiprior_controlnet import MultiPriorControlNet
 from comfyui_diffbody.models.stage2_weights import load_multiprior
+from comfyui_diffbody.models.unet_layout import comfy_attn2_locations
 from comfyui_diffbody.nodes import glue
 from comfyui_diffbody.nodes.stage2 import ApplyColourAdapter, ApplyMultiPriorControlNet, ColourAdapterFile
 from comfyui_diffbody.nodes.stage2_native import ColourAttention, MultiPriorControl

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from comfyui_diffbody.models.devices import bf16_usable, default_dtype
-from comfyui_diffbody.models.files import MissingModelFile, WrongModelFile
+from comfyui_diffbody.models.errors import MissingModelFile, WrongModelFile
 from comfyui_diffbody.models.swinir import load_swinir
 from comfyui_diffbody.pipelines.cleanup import clean_images, output_size, working_size
 from comfyui_diffbody.testing.tiny.swinir import (

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from comfyui_diffbody.models.files import MissingModelFile, WrongModelFile
+from comfyui_diffbody.models.errors import MissingModelFile, WrongModelFile
 from comfyui_diffbody.models.multiprior_controlnet import PRIORS
 from comfyui_diffbody.models.union_controlnet import UNION_TYPES, load_union_controlnet
 from comfyui_diffbody.pipelines.stage2 import Stage2Pipeline, Stage2Settings

@@ -308,8 +308,8 @@ for name in ("diffusers", "checkpoints", "clip_vision"):
     folder_paths.folder_names_and_paths[name] = ([os.path.join(models, name)], set())
 import nodes
 from comfy_test_nodes.native_stand_ins import CheckpointLoaderSimple
-from comfyui_diffbody.pipelines.sd_components import load_sd21_components
-from comfyui_diffbody.pipelines.stage2 import load_sdxl_parts
+from comfyui_diffbody.models.sd21_components import load_sd21_components
+from comfyui_diffbody.models.sdxl_components import load_sdxl_parts
 
 text = "a person in a white shirt, arms crossed"
 result = {}

@@ -28,7 +28,7 @@ from typing import Any, Hashable, Iterator, Sequence
 
 import torch
 
-from ..models.files import DiffBodyError
+from ..models.errors import DiffBodyError
 
 IMAGE_FIELDS = ("image", "pose", "depth", "normal")
 OTHER_FIELDS = ("keypoints", "caption", "source")

@@ -42,7 +42,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..models.files import DiffBodyError, MissingDependency
+from ..models.errors import DiffBodyError, MissingDependency
 
 JPEG_BACKENDS = ("kornia", "libjpeg")
 RESIZE_MODES = ("area", "bilinear", "bicubic")

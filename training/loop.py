@@ -50,7 +50,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import torch
 
-from ..models.files import DiffBodyError
+from ..models.errors import DiffBodyError
 
 if TYPE_CHECKING:
     from accelerate import Accelerator

@@ -241,7 +241,8 @@ def required_files(args) -> dict[str, tuple[str, str] | None]:
 
 def resolve_files(args, models_dir: Path) -> dict[str, str | None]:
     """role -> path (None: a role switched off); with missing files, print each with where to get it and exit 2."""
-    from ..models.files import MissingModelFiles, resolve_model_files
+    from ..models.errors import MissingModelFiles
+    from ..models.files import resolve_model_files
 
     wanted = required_files(args)
     try:

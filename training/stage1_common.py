@@ -23,7 +23,7 @@ from typing import Sequence
 import torch
 
 from ..models.joint_unet import BRANCHES
-from ..pipelines.sd_components import SD21Components
+from ..models.sd21_components import SD21Components
 from .loop import add_phase_arguments
 
 BRANCH_SOURCES = {"depth": "depth", "normal": "normal", "rgb": "image"}  # branch -> dataset field
@@ -42,7 +42,7 @@ def add_stage1_arguments(parser: argparse.ArgumentParser) -> None:
 
 def load_frozen_sd21(folder: str) -> SD21Components:
     """The SD 2.1-base VAE and text encoder (CPU, float32; run_training moves and casts them)."""
-    from ..pipelines.sd_components import load_sd21_components
+    from ..models.sd21_components import load_sd21_components
 
     return load_sd21_components(folder)
 

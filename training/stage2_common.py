@@ -34,7 +34,7 @@ from typing import Sequence
 import torch
 
 from ..models.multiprior_controlnet import PRIORS, MultiPriorControlNet
-from ..pipelines.sd_components import DiffusersVAE
+from ..models.sd21_components import DiffusersVAE
 from .loop import add_phase_arguments
 
 NUM_TRAIN_TIMESTEPS = 1000
@@ -80,7 +80,7 @@ class FrozenSDXL:
 
     unet: torch.nn.Module  # diffusers UNet2DConditionModel
     vae: DiffusersVAE
-    text_encoders: object  # pipelines.stage2.SDXLTextEncoders
+    text_encoders: object  # models.sdxl_components.SDXLTextEncoders
 
     @property
     def modules(self) -> list[torch.nn.Module]:
@@ -96,7 +96,7 @@ def load_frozen_sdxl(folder: str, unet_file: str | None = None) -> FrozenSDXL:
     """SDXL from a diffusers folder (pipelines/stage2.py's loader), its UNet optionally replaced by the one
     of an original-layout single file (converted with the folder UNet's config)."""
     from ..models.stage2_weights import sdxl_unet_state_dict
-    from ..pipelines.stage2 import load_sdxl_parts
+    from ..models.sdxl_components import load_sdxl_parts
 
     unet, vae, text_encoders = load_sdxl_parts(folder)
     if unet_file:

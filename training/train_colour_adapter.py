@@ -157,7 +157,8 @@ def load_frozen_controlnet(path: str, unet_config):
 def train(args: argparse.Namespace, accelerator=None) -> list[float]:
     """Run phase 4 with parsed arguments; returns this process's per-step losses."""
     from ..models.colour_adapter import load_colour_adapter
-    from ..pipelines.stage2 import Stage2Pipeline, load_clip_vision
+    from ..models.sdxl_components import load_clip_vision
+    from ..pipelines.stage2 import Stage2Pipeline
     from .dataset import ManifestDataset
 
     config = config_from_args(args)

@@ -11,7 +11,7 @@ from typing import Callable, Protocol
 
 import numpy as np
 
-from ...models.files import DiffBodyError
+from ...models.errors import DiffBodyError
 from .keypoints import Frame
 
 BACKENDS = ("dwpose", "openpose", "mmpose", "mediapipe")

@@ -13,7 +13,7 @@ import os
 
 import numpy as np
 
-from ...models.files import MissingDependency, MissingModelFile, WrongModelFile
+from ...models.errors import MissingDependency, MissingModelFile, WrongModelFile
 from .keypoints import NUM_WHOLEBODY, Frame, check_rgb_uint8, make_frame, person_from_wholebody133
 
 log = logging.getLogger(__name__)

@@ -33,7 +33,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ...models.files import DiffBodyError
+from ...models.errors import DiffBodyError
 from ..image import BadImage
 
 Frame = dict[str, Any]

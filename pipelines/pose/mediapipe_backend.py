@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ...models.files import MissingDependency, MissingModelFile
+from ...models.errors import MissingDependency, MissingModelFile
 from ..image import BadImage
 from .keypoints import L_EAR, L_EYE, NOSE, R_EAR, R_EYE, Frame, coco17_to_openpose18, make_frame, \
     person_from_openpose18

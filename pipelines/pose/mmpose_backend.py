@@ -18,7 +18,7 @@ import os
 
 import numpy as np
 
-from ...models.files import MissingDependency, MissingModelFile, WrongModelFile
+from ...models.errors import MissingDependency, MissingModelFile, WrongModelFile
 from .keypoints import (NUM_WHOLEBODY, Frame, check_rgb_uint8, coco17_to_openpose18, make_frame,
                         person_from_openpose18, person_from_wholebody133)
 

@@ -17,7 +17,8 @@ import os
 
 import numpy as np
 
-from ...models.files import MissingDependency, MissingModelFile, WrongModelFile
+from ...models.errors import MissingDependency, MissingModelFile, WrongModelFile
+from ...models.loading import read_weights
 from .keypoints import NUM_BODY, Frame, check_rgb_uint8, make_frame, make_person, flatten_part
 
 DETECT_RESOLUTION = 512  # short side the image is resized to, as controlnet_aux's OpenPose node does
@@ -43,15 +44,8 @@ def load_state_dict(path: str) -> dict:
 
     if not os.path.isfile(path):
         raise MissingModelFile(f"DiffBody: OpenPose body model not found: {path}")
-    if path.endswith((".safetensors", ".sft")):
-        from safetensors.torch import load_file
-
-        return load_file(path, device="cpu")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # weights_only refuses pickled code; a broken file raises its own errors
-        raise WrongModelFile(f"DiffBody: '{path}' is not a plain tensor checkpoint ({e})") from e
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+    state = read_weights(path, expected="OpenPose's body model (body_pose_model.pth)")
+    if not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise WrongModelFile(f"DiffBody: '{path}' does not hold a state dict of tensors")
     return state
 

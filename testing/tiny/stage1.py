@@ -21,15 +21,9 @@ from __future__ import annotations
 
 import json
 import os
-import re
 
 import torch
 
-LDM_PREFIX = "model.diffusion_model."
-RESNET_TO_LDM = (("norm1", "in_layers.0"), ("conv1", "in_layers.2"), ("time_emb_proj", "emb_layers.1"),
-                 ("norm2", "out_layers.0"), ("conv2", "out_layers.3"), ("conv_shortcut", "skip_connection"))
-TOP_LEVEL_TO_LDM = {"time_embedding.linear_1": "time_embed.0", "time_embedding.linear_2": "time_embed.2",
-                    "conv_in": "input_blocks.0.0", "conv_norm_out": "out.0", "conv_out": "out.2"}
 # SD 2.1-base's scheduler (stabilityai/stable-diffusion-2-1-base, scheduler/scheduler_config.json, as DDPM).
 SD21_SCHEDULER = {"_class_name": "DDPMScheduler", "beta_start": 0.00085, "beta_end": 0.012,
                   "beta_schedule": "scaled_linear", "num_train_timesteps": 1000, "prediction_type": "epsilon",
@@ -56,57 +50,13 @@ def build_tiny_sd_unet(*, in_channels: int = 4, seed: int = 0, config=None):
     return unet.eval()
 
 
-def _resnet_to_ldm(rest: str) -> str:
-    for new, old in RESNET_TO_LDM:
-        if rest.startswith(new + "."):
-            return old + rest[len(new):]
-    raise KeyError(rest)
-
-
-def diffusers_unet_to_ldm(state_dict: dict[str, torch.Tensor], layers_per_block: int,
-                          up_blocks_with_attention: set[int]) -> dict[str, torch.Tensor]:
-    """Rename a diffusers SD UNet state dict to the original LDM `model.diffusion_model.*` keys (the inverse
-    of diffusers' convert_ldm_unet_checkpoint for SD 1.x/2.x UNets)."""
-    per_level = layers_per_block + 1
-    out = {}
-    for key, value in state_dict.items():
-        out[LDM_PREFIX + _key_to_ldm(key, per_level, layers_per_block, up_blocks_with_attention)] = value
-    return out
-
-
-def _key_to_ldm(key: str, per_level: int, layers: int, up_attn: set[int]) -> str:
-    for new, old in TOP_LEVEL_TO_LDM.items():
-        if key.startswith(new + "."):
-            return old + key[len(new):]
-    if m := re.match(r"down_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.*)", key):
-        block, kind, j, rest = int(m[1]), m[2], int(m[3]), m[4]
-        index = 1 + block * per_level + j
-        if kind == "resnets":
-            return f"input_blocks.{index}.0.{_resnet_to_ldm(rest)}"
-        return f"input_blocks.{index}.1.{rest}"
-    if m := re.match(r"down_blocks\.(\d+)\.downsamplers\.0\.conv\.(.*)", key):
-        return f"input_blocks.{1 + int(m[1]) * per_level + layers}.0.op.{m[2]}"
-    if m := re.match(r"mid_block\.(resnets|attentions)\.(\d+)\.(.*)", key):
-        kind, j, rest = m[1], int(m[2]), m[3]
-        return f"middle_block.{2 * j}.{_resnet_to_ldm(rest)}" if kind == "resnets" else f"middle_block.1.{rest}"
-    if m := re.match(r"up_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.*)", key):
-        block, kind, j, rest = int(m[1]), m[2], int(m[3]), m[4]
-        index = block * per_level + j
-        if kind == "resnets":
-            return f"output_blocks.{index}.0.{_resnet_to_ldm(rest)}"
-        return f"output_blocks.{index}.1.{rest}"
-    if m := re.match(r"up_blocks\.(\d+)\.upsamplers\.0\.conv\.(.*)", key):
-        block = int(m[1])
-        slot = 2 if block in up_attn else 1  # LDM puts the upsampler after the attention, if any
-        return f"output_blocks.{block * per_level + per_level - 1}.{slot}.conv.{m[2]}"
-    raise KeyError(f"no LDM name for diffusers UNet key {key!r}")
-
-
 def ldm_unet_state_dict(unet) -> dict[str, torch.Tensor]:
-    """A diffusers UNet's weights under LDM keys."""
-    up_attn = {i for i, b in enumerate(unet.up_blocks) if getattr(b, "has_cross_attention", False)}
+    """A diffusers UNet's weights under the original LDM `model.diffusion_model.*` keys."""
+    from ...models.loading import LDM_UNET_PREFIX
+    from ...models.unet_layout import diffusers_unet_to_ldm
+
     state = {k: v.detach().clone().contiguous() for k, v in unet.state_dict().items()}
-    return diffusers_unet_to_ldm(state, unet.config.layers_per_block, up_attn)
+    return {LDM_UNET_PREFIX + k: v for k, v in diffusers_unet_to_ldm(state, unet.config).items()}
 
 
 def ddpm_schedule_buffers() -> dict[str, torch.Tensor]:

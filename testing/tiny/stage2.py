@@ -80,7 +80,8 @@ def build_tiny_sdxl_unet(seed: int = 0):
 
 def tiny_ldm_unet_state_dict(unet) -> dict[str, torch.Tensor]:
     """The tiny UNet's weights under original (LDM/ComfyUI) keys, prefixed `model.diffusion_model.`."""
-    from ...models.stage2_weights import LDM_UNET_PREFIX, diffusers_unet_to_ldm
+    from ...models.loading import LDM_UNET_PREFIX
+    from ...models.unet_layout import diffusers_unet_to_ldm
 
     ldm = diffusers_unet_to_ldm(unet.state_dict(), tiny_sdxl_unet_config())
     return {LDM_UNET_PREFIX + k: v.detach().clone().contiguous() for k, v in ldm.items()}
@@ -236,7 +237,7 @@ def write_tiny_multiprior(path: str, *, seed: int = 0) -> str:
 
 def build_tiny_stage2_components(seed: int = 0) -> dict:
     """In-memory tiny parts for Stage2Pipeline: unet, vae, text_encoders, controlnet, adapter, image_encoder."""
-    from ...pipelines.stage2 import SDXLTextEncoders
+    from ...models.sdxl_components import SDXLTextEncoders
 
     unet = build_tiny_sdxl_unet(seed)
     tokenizers, encoders = build_tiny_text_encoders(seed)

@@ -201,7 +201,7 @@ def _sd21_clip():
     folder = _tiny_path("diffusers", TINY_SD21_NAME)
     encoder = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", local_files_only=True,
                                             use_safetensors=True).eval()
-    # SD 2.1's context is CLIPTextModel's last hidden state (see pipelines/sd_components.py).
+    # SD 2.1's context is CLIPTextModel's last hidden state (see models/sd21_components.py).
     return _native_clip({"h": _comfy_tokenizer(os.path.join(folder, "tokenizer"))}, [encoder], ["pooler_output"],
                         "last")
 
@@ -217,21 +217,21 @@ def _sdxl_clip():
     tokenizers = {"l": _comfy_tokenizer(os.path.join(folder, "tokenizer")),
                   "g": _comfy_tokenizer(os.path.join(folder, "tokenizer_2"))}
     # SDXL: penultimate hidden states of both encoders side by side; pooled = the second's text_embeds
-    # (pipelines/stage2.py's SDXLTextEncoders).
+    # (models/sdxl_components.py's SDXLTextEncoders).
     return _native_clip(tokenizers, encoders, [None, "text_embeds"], "penultimate")
 
 
 # -- VAE -----------------------------------------------------------------------------------------------
 
 def _sd21_vae():
-    from comfyui_diffbody.pipelines.sd_components import load_sd21_components
+    from comfyui_diffbody.models.sd21_components import load_sd21_components
     from comfyui_diffbody.testing.tiny import TINY_SD21_NAME
 
     return TinyVAE(load_sd21_components(_tiny_path("diffusers", TINY_SD21_NAME)).vae)
 
 
 def _sdxl_vae():
-    from comfyui_diffbody.pipelines.sd_components import DiffusersVAE
+    from comfyui_diffbody.models.sd21_components import DiffusersVAE
     from comfyui_diffbody.testing.tiny import TINY_SDXL_NAME
     from diffusers import AutoencoderKL
 
@@ -272,7 +272,7 @@ class CLIPVisionLoader:
         return {"required": {"clip_name": ("STRING", {"default": CLIP_VISION_FILE})}}
 
     def load_clip(self, clip_name: str):
-        from comfyui_diffbody.pipelines.stage2 import load_clip_vision
+        from comfyui_diffbody.models.sdxl_components import load_clip_vision
         from comfyui_diffbody.testing.tiny import TINY_CLIP_VISION_FILE
         from comfyui_diffbody.testing.tiny.stage2 import tiny_clip_vision_kwargs
 

@@ -15,7 +15,7 @@ TINY_SD21_FOLDER = "tiny-sd21"
 
 
 def _components():
-    from comfyui_diffbody.pipelines.sd_components import load_sd21_components
+    from comfyui_diffbody.models.sd21_components import load_sd21_components
 
     folder = os.path.join(folder_paths.get_folder_paths("diffusers")[0], TINY_SD21_FOLDER)
     return load_sd21_components(folder)
@@ -82,7 +82,7 @@ class TinySDXLLoader:
         import comfy.model_patcher
         import comfy.supported_models
         import comfy.utils
-        from comfyui_diffbody.pipelines.sd_components import DiffusersVAE
+        from comfyui_diffbody.models.sd21_components import DiffusersVAE
         from comfyui_diffbody.testing.tiny import TINY_SDXL_NAME, TINY_SDXL_UNET_FILE
         from diffusers import AutoencoderKL
 
@@ -107,7 +107,7 @@ class TinySDXLTextEncode:
         return {"required": {"text": ("STRING", {"default": "", "multiline": True})}}
 
     def encode(self, text):
-        from comfyui_diffbody.pipelines.stage2 import load_sdxl_parts
+        from comfyui_diffbody.models.sdxl_components import load_sdxl_parts
         from comfyui_diffbody.testing.tiny import TINY_SDXL_NAME
 
         _, _, text_encoders = load_sdxl_parts(_tiny_path("diffusers", TINY_SDXL_NAME))
@@ -156,7 +156,7 @@ class TinyCLIPVisionLoader:
         return {"required": {}}
 
     def load(self):
-        from comfyui_diffbody.pipelines.stage2 import load_clip_vision
+        from comfyui_diffbody.models.sdxl_components import load_clip_vision
         from comfyui_diffbody.testing.tiny import TINY_CLIP_VISION_FILE
         from comfyui_diffbody.testing.tiny.stage2 import tiny_clip_vision_kwargs
 

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import torch
 
-from ..models.files import MissingModelFile, WrongModelFile
+from .errors import MissingModelFile, WrongModelFile
 
 if TYPE_CHECKING:
     from diffusers import AutoencoderKL
