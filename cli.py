@@ -16,14 +16,11 @@ import tempfile
 from pathlib import Path
 
 from .models.files import default_models_dir
+from .pipelines.presets import MODES, PUBLIC_DEPTH_MODEL, PUBLIC_NORMAL_SOURCE
 
 # A plumbing check needs few steps; --stage1-steps / --stage2-steps still override it.
 TINY_STEPS = 2
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
-# --mode public's estimators (folders in diffbody/priors/), as in the bundled diffbody_public workflow:
-# Depth Anything V2 Small is Apache-2.0 (Base and Large are sharper but CC-BY-NC-4.0, non-commercial).
-PUBLIC_DEPTH_MODEL = "Depth-Anything-V2-Small-hf"
-PUBLIC_NORMAL_SOURCE = "marigold-normals-v1-1"
 FROM_DEPTH = "from depth"  # pipelines/depth_normal.py's name for normals computed from the depth
 
 
@@ -37,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     restore.add_argument("--out", type=Path, default=Path("diffbody-output"), help="output folder")
     restore.add_argument("--models-dir", type=Path, default=None,
                          help=f"a ComfyUI-style models folder (default: {default_models_dir()})")
-    restore.add_argument("--mode", default="diffbody", choices=["diffbody", "public"],
+    restore.add_argument("--mode", default="diffbody", choices=MODES,
                          help="diffbody: stages 0, 1 and 2 with DiffBody's weights (the paper's); public: no DiffBody "
                               "weights - depth/normal estimators instead of stage 1, ControlNet-Union SDXL and "
                               "IP-Adapter Plus XL in stage 2 (an approximation from public parts)")
@@ -52,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     restore.add_argument("--save-priors", action="store_true",
                          help="also write the intermediate results: *_ir, *_pose, *_stage1 (I_res; not in public "
                               "mode), *_depth, *_normal, *_caption.txt")
-    restore.add_argument("--upscale", type=float, default=1.0, help="super-resolution factor before cleanup")
+    restore.add_argument("--upscale", type=float, default=None,
+                         help="super-resolution factor before cleanup (default: the mode's, 1: the photo's own size)")
     restore.add_argument("--tile-size", type=int, default=512)
     restore.add_argument("--tile-stride", type=int, default=256)
     restore.add_argument("--swinir", default="general_swinir_v1.ckpt", help="SwinIR file in upscale_models/")
@@ -72,19 +70,22 @@ def build_parser() -> argparse.ArgumentParser:
     # for --help).
     restore.add_argument("--size-mode", default="bucket",
                          help="bucket (the paper's training sizes) or native (the image's own size)")
-    restore.add_argument("--stage1-scheduler", default="ddpm", help="ddpm (the paper's), ddim or dpmpp_2m")
+    restore.add_argument("--stage1-scheduler", default=None, help="ddpm (the paper's, the default), ddim or dpmpp_2m")
     restore.add_argument("--stage1-steps", type=int, default=None,
                          help="default: the paper's 200 for ddpm, else the scheduler's usual count")
-    restore.add_argument("--stage1-cfg", type=float, default=None, help="default: 7.5 (stage 1's usual)")
-    restore.add_argument("--stage2-scheduler", default="ddpm", help="ddpm (the paper's), ddim, dpmpp_2m or euler")
+    restore.add_argument("--stage1-cfg", type=float, default=None, help="default: the mode's (7.5, SD 2.1's usual)")
+    restore.add_argument("--stage2-scheduler", default=None, help="ddpm (the paper's, the default), ddim, dpmpp_2m or euler")
     restore.add_argument("--stage2-steps", type=int, default=None,
                          help="default: the paper's 200 for ddpm, else the scheduler's usual count")
-    restore.add_argument("--cfg", type=float, default=5.0, help="stage-2 classifier-free guidance scale")
-    restore.add_argument("--strengths", type=float, nargs=4, default=[1.0, 1.0, 1.0, 1.0],
+    restore.add_argument("--cfg", type=float, default=None,
+                         help="stage-2 classifier-free guidance scale (default: the mode's, 5.0)")
+    restore.add_argument("--strengths", type=float, nargs=4, default=None,
                          metavar=("A1", "A2", "A3", "A4"),
-                         help="stage-2 prior strengths for I_ir, I_pose, I_depth, I_normal")
-    restore.add_argument("--adapter-weight", type=float, default=1.0, help="colour adapter weight (0: off)")
-    restore.add_argument("--seed", type=int, default=0)
+                         help="stage-2 prior strengths for I_ir, I_pose, I_depth, I_normal (default: the mode's, "
+                              "diffbody 1 1 1 1, public 1 0.5 0.5 0.5)")
+    restore.add_argument("--adapter-weight", type=float, default=None,
+                         help="colour adapter weight, 0: off (default: the mode's, diffbody 1.0, public 0.6)")
+    restore.add_argument("--seed", type=int, default=None, help="default: the mode's (0)")
     restore.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     restore.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"],
                          help="auto: float16 on CUDA, float32 on the CPU")
@@ -171,7 +172,7 @@ def check_choices(args) -> None:
     for option, value, allowed in (("--size-mode", args.size_mode, SIZE_MODES),
                                    ("--stage1-scheduler", args.stage1_scheduler, STAGE1_SCHEDULERS),
                                    ("--stage2-scheduler", args.stage2_scheduler, STAGE2_SCHEDULERS)):
-        if value not in allowed:
+        if value is not None and value not in allowed:  # None: the mode's default
             raise SystemExit(f"error: {option} {value!r}: choose one of {', '.join(allowed)}")
     for option, steps in (("--stage1-steps", args.stage1_steps), ("--stage2-steps", args.stage2_steps)):
         if steps is not None and not 1 <= steps <= 1000:
@@ -203,23 +204,41 @@ def network_configs(args) -> dict[str, dict]:
 
 
 def restore_options(args, device):
+    """RestoreOptions from the parsed arguments; what the user left out comes from the mode's defaults
+    (pipelines/presets.py, the same values the bundled workflows carry)."""
     from .models.devices import pick_dtype
+    from .pipelines.presets import MODE_DEFAULTS
     from .pipelines.restore import RestoreOptions
     from .pipelines.stage0 import Stage0Options
-    from .pipelines.stage1 import DEFAULT_CFG
 
-    def steps(given: int | None) -> int | None:  # None: the scheduler's default (DDPM: the paper's 200)
-        return TINY_STEPS if given is None and args.tiny else given
+    preset = MODE_DEFAULTS[args.mode]
 
+    def given_or(value, default):
+        return default if value is None else value
+
+    def steps(given: int | None, scheduler: str, preset_scheduler: str, preset_steps: int) -> int | None:
+        if given is not None:
+            return given
+        if args.tiny:
+            return TINY_STEPS
+        # The preset's step count belongs to its scheduler; another scheduler keeps its own usual count.
+        return preset_steps if scheduler == preset_scheduler else None
+
+    stage1_scheduler = given_or(args.stage1_scheduler, preset.stage1_scheduler)
+    stage2_scheduler = given_or(args.stage2_scheduler, preset.stage2_scheduler)
+    seed = given_or(args.seed, preset.seed)
     return RestoreOptions(
-        mode=args.mode, stage0=Stage0Options(upscale=args.upscale, tile_size=args.tile_size, tile_stride=args.tile_stride,
-                             seed=args.seed),
+        mode=args.mode, stage0=Stage0Options(upscale=given_or(args.upscale, preset.upscale), tile_size=args.tile_size,
+                                             tile_stride=args.tile_stride, seed=seed),
         stage0_only=args.stage0_only, recaption=not args.no_recaption, size_mode=args.size_mode,
-        stage1_scheduler=args.stage1_scheduler, stage1_steps=steps(args.stage1_steps),
-        stage1_cfg=DEFAULT_CFG if args.stage1_cfg is None else args.stage1_cfg,
-        stage2_scheduler=args.stage2_scheduler, stage2_steps=steps(args.stage2_steps), cfg=args.cfg,
-        strengths=tuple(args.strengths), adapter_weight=args.adapter_weight, negative_prompt=args.negative_prompt,
-        seed=args.seed, device=str(device), dtype=pick_dtype(args.dtype, device))
+        stage1_scheduler=stage1_scheduler,
+        stage1_steps=steps(args.stage1_steps, stage1_scheduler, preset.stage1_scheduler, preset.stage1_steps),
+        stage1_cfg=given_or(args.stage1_cfg, preset.stage1_cfg),
+        stage2_scheduler=stage2_scheduler,
+        stage2_steps=steps(args.stage2_steps, stage2_scheduler, preset.stage2_scheduler, preset.stage2_steps),
+        cfg=given_or(args.cfg, preset.stage2_cfg), strengths=tuple(given_or(args.strengths, preset.strengths)),
+        adapter_weight=given_or(args.adapter_weight, preset.adapter_weight), negative_prompt=args.negative_prompt,
+        seed=seed, device=str(device), dtype=pick_dtype(args.dtype, device))
 
 
 def save_results(result, stem: Path, save_priors: bool, stage0_only: bool) -> None:

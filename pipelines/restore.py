@@ -28,9 +28,10 @@ import torch
 
 from ..models.multiprior_controlnet import PRIORS
 from .buckets import plan_resize
+from .presets import MODE_DEFAULTS, MODES
 from .stage0 import Stage0Options, run_stage0
 
-MODES = ("diffbody", "public")
+_PAPER = MODE_DEFAULTS["diffbody"]
 
 
 @dataclass(frozen=True)
@@ -61,14 +62,14 @@ class RestoreOptions:
     stage0_only: bool = False
     recaption: bool = True  # p' = LLaVA(I_res) before stage 2 (only when captioning)
     size_mode: str = "bucket"
-    stage1_scheduler: str = "ddpm"
+    stage1_scheduler: str = _PAPER.stage1_scheduler
     stage1_steps: int | None = None  # None: the scheduler's default (DDPM: the paper's 200)
-    stage1_cfg: float = 7.5
-    stage2_scheduler: str = "ddpm"
+    stage1_cfg: float = _PAPER.stage1_cfg
+    stage2_scheduler: str = _PAPER.stage2_scheduler
     stage2_steps: int | None = None  # None: the scheduler's default (DDPM: the paper's 200)
-    cfg: float = 5.0
-    strengths: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0)  # a1..a4: I_ir, I_pose, I_depth, I_normal
-    adapter_weight: float = 1.0
+    cfg: float = _PAPER.stage2_cfg
+    strengths: tuple[float, float, float, float] = _PAPER.strengths  # a1..a4: I_ir, I_pose, I_depth, I_normal
+    adapter_weight: float = _PAPER.adapter_weight
     negative_prompt: str = ""
     seed: int = 0
     device: str = "cpu"

@@ -31,6 +31,9 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from comfyui_diffbody.pipelines.presets import (KSAMPLER_NAMES, MODE_DEFAULTS, PUBLIC_DEPTH_MODEL,
+                                               PUBLIC_NORMAL_SOURCE)
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 WORKFLOWS_DIR = REPO_ROOT / "workflows"
 FRONTEND_VERSION = "1.32.9"  # comfyui-frontend-package shipped with ComfyUI 0.3.75
@@ -93,17 +96,30 @@ class Workflow:
 
 CAPTION_SETTINGS = {"user_text": "", "text_mode": "append", "max_new_tokens": 77, "seed": 0, "dtype": "auto",
                     "quantization": "none", "auto_download": False}
-STAGE1_SETTINGS = {"seed": 0, "steps": 200, "scheduler": "ddpm", "cfg": 7.5, "control_strength": 1.0,
-                   "size_mode": "bucket"}
+# Every value a mode has a default for comes from pipelines/presets.py, as on the command line.
+PAPER = MODE_DEFAULTS["diffbody"]
+PUBLIC = MODE_DEFAULTS["public"]
+STAGE1_SETTINGS = {"seed": PAPER.seed, "steps": PAPER.stage1_steps, "scheduler": PAPER.stage1_scheduler,
+                   "cfg": PAPER.stage1_cfg, "control_strength": 1.0, "size_mode": "bucket"}
 
 
-def stage0_nodes(*, keep_llava_loaded: bool) -> list[Node]:
+def strength_widgets(preset) -> dict:
+    return dict(zip(("image_strength", "pose_strength", "depth_strength", "normal_strength"), preset.strengths))
+
+
+def ksampler_widgets(preset) -> dict:
+    sampler_name, scheduler = KSAMPLER_NAMES[preset.stage2_scheduler]
+    return {"seed": preset.seed, "steps": preset.stage2_steps, "cfg": preset.stage2_cfg,
+            "sampler_name": sampler_name, "scheduler": scheduler, "denoise": 1.0}
+
+
+def stage0_nodes(preset, *, keep_llava_loaded: bool) -> list[Node]:
     return [
         Node(1, "LoadImage", (0, 0), (320, 360), "Load the degraded photo (I_LQ)", {"image": "example.png"}),
         Node(2, "DiffBodySwinIRLoader", (0, 430), (320, 82), "SwinIR cleaner",
              {"model_name": "general_swinir_v1.ckpt", "auto_download": False}),
         Node(3, "DiffBodySwinIRCleanup", (370, 0), (330, 130), "Stage 0: SwinIR cleanup -> I_ir",
-             {"upscale": 2.0, "tile_size": 512, "tile_stride": 256}, {"swinir": (2, 0), "image": (1, 0)}),
+             {"upscale": preset.upscale, "tile_size": 512, "tile_stride": 256}, {"swinir": (2, 0), "image": (1, 0)}),
         Node(4, "DiffBodyPoseEstimator", (370, 180), (330, 300), "Pose skeleton I_pose (DWPose)",
              {"backend": "dwpose", "draw_hands": False, "draw_face": False, "dwpose_detector": "yolox_l.onnx",
               "dwpose_estimator": "dw-ll_ucoco_384.onnx", "openpose_model": "body_pose_model.pth",
@@ -182,8 +198,9 @@ Model files (paths below `ComfyUI/models/`):
 """
 
 STAGE0_NOTE = """## Stage 0
-- **SwinIR cleanup** removes blur, noise and JPEG damage. `upscale` resizes first: 2 here (for small or
-  low-resolution photos); choose it so I_ir's sides end up about 512-1024 px, the sizes DiffBody was trained at.
+- **SwinIR cleanup** removes blur, noise and JPEG damage. `upscale` 1 keeps the photo's size; for small or
+  low-resolution photos raise it (e.g. 2) so I_ir's sides end up about 512-1024 px, the sizes DiffBody was
+  trained at.
 - **Pose**: DWPose (`backend`), every person, OpenPose colours on black.
 - **Caption**: LLaVA 1.5 describes clothing, colours, pose and setting; `user_text` adds your own words.
   `keep_loaded` is on so the re-caption after stage 1 does not load LLaVA again (it waits in RAM).
@@ -232,7 +249,7 @@ Model files (paths below `ComfyUI/models/`):
 
 
 def full_workflow(object_info: dict) -> Workflow:
-    nodes = stage0_nodes(keep_llava_loaded=True) + stage1_nodes() + [
+    nodes = stage0_nodes(PAPER, keep_llava_loaded=True) + stage1_nodes() + [
         Node(15, "PreviewImage", (1540, 0), (280, 300), "Stage 1: I_res", links={"images": (14, 0)}),
         Node(16, "PreviewImage", (1540, 350), (280, 300), "Stage 1: I_depth", links={"images": (14, 1)}),
         Node(17, "PreviewImage", (1540, 700), (280, 300), "Stage 1: I_normal", links={"images": (14, 2)}),
@@ -256,16 +273,14 @@ def full_workflow(object_info: dict) -> Workflow:
              {"width": (38, 0), "height": (38, 1), "batch_size": (38, 2)}),
         Node(34, "DiffBodyApplyMultiPriorControlNet", (2680, 0), (340, 430),
              "Priors: a1 I_ir, a2 pose, a3 depth, a4 normal",
-             {"image_strength": 1.0, "pose_strength": 1.0, "depth_strength": 1.0, "normal_strength": 1.0,
-              "strength": 1.0, "start_percent": 0.0, "end_percent": 1.0},
+             {**strength_widgets(PAPER), "strength": 1.0, "start_percent": 0.0, "end_percent": 1.0},
              {"positive": (31, 0), "negative": (32, 0), "control_net": (33, 0), "image": (3, 0), "pose": (4, 0),
               "depth": (14, 1), "normal": (14, 2)}),
         Node(37, "DiffBodyApplyColourAdapter", (2680, 480), (340, 190), "Colour adapter on I_res",
-             {"weight": 1.0, "start_percent": 0.0, "end_percent": 1.0},
+             {"weight": PAPER.adapter_weight, "start_percent": 0.0, "end_percent": 1.0},
              {"model": (30, 0), "colour_adapter": (35, 0), "clip_vision": (36, 0), "image": (14, 0)}),
         Node(40, "KSampler", (3070, 0), (320, 262), "Stage 2 sampler (DDPM, 200 steps)",
-             {"seed": 0, "steps": 200, "cfg": 5.0, "sampler_name": "ddpm", "scheduler": "ddim_uniform",
-              "denoise": 1.0},
+             ksampler_widgets(PAPER),
              {"model": (37, 0), "positive": (34, 0), "negative": (34, 1), "latent_image": (39, 0)}),
         Node(41, "VAEDecode", (3070, 320), (210, 46), "Decode (SDXL VAE)", links={"samples": (40, 0), "vae": (30, 2)}),
         Node(42, "SaveImage", (3440, 0), (440, 480), "Restored photo", {"filename_prefix": "diffbody"},
@@ -295,7 +310,7 @@ def full_workflow(object_info: dict) -> Workflow:
 
 def priors_workflow(object_info: dict) -> Workflow:
     save = "SaveImage"
-    nodes = stage0_nodes(keep_llava_loaded=False) + stage1_nodes() + [
+    nodes = stage0_nodes(PAPER, keep_llava_loaded=False) + stage1_nodes() + [
         Node(6, save, (370, 1000), (330, 320), "Save I_ir", {"filename_prefix": "diffbody_priors/I_ir"},
              {"images": (3, 0)}),
         Node(7, save, (0, 560), (320, 320), "Save I_pose", {"filename_prefix": "diffbody_priors/I_pose"},
@@ -343,8 +358,8 @@ Model files (paths below `ComfyUI/models/`; every one is public):
 """
 
 PUBLIC_STAGE0_NOTE = """## Stage 0
-- **SwinIR cleanup**: `upscale` 2 here (small or low-resolution photos); choose it so I_ir's sides end up about
-  512-1024 px, SDXL's sizes.
+- **SwinIR cleanup**: `upscale` 1 keeps the photo's size; for small or low-resolution photos raise it (e.g. 2)
+  so I_ir's sides end up about 512-1024 px, SDXL's sizes.
 - **Pose**: DWPose (`backend`), every person, OpenPose colours on black: ControlNet-Union's *openpose* input.
 - **Caption**: LLaVA 1.5 describes clothing, colours, pose and setting (stage 2's prompt); `user_text` adds
   your own words. There is no re-caption: without stage 1 there is no I_res to describe.
@@ -373,10 +388,10 @@ PUBLIC_STAGE2_NOTE = """## Stage 2: settings
 
 
 def public_workflow(object_info: dict) -> Workflow:
-    nodes = stage0_nodes(keep_llava_loaded=False) + [
+    nodes = stage0_nodes(PUBLIC, keep_llava_loaded=False) + [
         Node(8, "DiffBodyDepthNormalEstimator", (760, 0), (360, 230), "Depth & normal priors (public estimators)",
-             {"depth_model": "Depth-Anything-V2-Small-hf", "normal_source": "marigold-normals-v1-1",
-              "marigold_steps": 4, "seed": 0, "auto_download": False}, {"image": (3, 0)}),
+             {"depth_model": PUBLIC_DEPTH_MODEL, "normal_source": PUBLIC_NORMAL_SOURCE,
+              "marigold_steps": 4, "seed": PUBLIC.seed, "auto_download": False}, {"image": (3, 0)}),
         Node(15, "PreviewImage", (760, 280), (360, 300), "I_depth", links={"images": (8, 0)}),
         Node(16, "PreviewImage", (760, 630), (360, 300), "I_normal", links={"images": (8, 1)}),
         Node(30, "CheckpointLoaderSimple", (1180, 0), (360, 98), "SDXL base (stage 2)",
@@ -396,16 +411,14 @@ def public_workflow(object_info: dict) -> Workflow:
              {"width": (38, 0), "height": (38, 1), "batch_size": (38, 2)}),
         Node(34, "DiffBodyApplyMultiPriorControlNet", (1590, 0), (340, 430),
              "Union priors: a1 I_ir (tile), a2 pose, a3 depth, a4 normal",
-             {"image_strength": 1.0, "pose_strength": 0.5, "depth_strength": 0.5, "normal_strength": 0.5,
-              "strength": 1.0, "start_percent": 0.0, "end_percent": 1.0},
+             {**strength_widgets(PUBLIC), "strength": 1.0, "start_percent": 0.0, "end_percent": 1.0},
              {"positive": (31, 0), "negative": (32, 0), "control_net": (33, 0), "image": (3, 0), "pose": (4, 0),
               "depth": (8, 0), "normal": (8, 1)}),
         Node(37, "DiffBodyApplyColourAdapter", (1590, 480), (340, 190), "IP-Adapter Plus XL on I_ir",
-             {"weight": 0.6, "start_percent": 0.0, "end_percent": 1.0},
+             {"weight": PUBLIC.adapter_weight, "start_percent": 0.0, "end_percent": 1.0},
              {"model": (30, 0), "colour_adapter": (35, 0), "clip_vision": (36, 0), "image": (3, 0)}),
         Node(40, "KSampler", (1980, 0), (320, 262), "Stage 2 sampler (DDPM, 200 steps)",
-             {"seed": 0, "steps": 200, "cfg": 5.0, "sampler_name": "ddpm", "scheduler": "ddim_uniform",
-              "denoise": 1.0},
+             ksampler_widgets(PUBLIC),
              {"model": (37, 0), "positive": (34, 0), "negative": (34, 1), "latent_image": (39, 0)}),
         Node(41, "VAEDecode", (1980, 320), (210, 46), "Decode (SDXL VAE)", links={"samples": (40, 0), "vae": (30, 2)}),
         Node(42, "SaveImage", (2350, 0), (440, 480), "Restored photo", {"filename_prefix": "diffbody_public"},

@@ -156,6 +156,16 @@ class ComfyServer:
     def interrupt(self) -> None:
         requests.post(f"{self.url}/interrupt", timeout=10).raise_for_status()
 
+    def run_single_image(self, prompt: dict, timeout: float = 600.0):
+        """Run a prompt that saves exactly one image; that image as an (H, W, C) uint8 array."""
+        import numpy as np
+        from PIL import Image
+
+        entry = self.run(prompt, timeout=timeout)
+        assert entry["status"]["status_str"] == "success", (execution_error(entry) or {}).get("exception_message")
+        [path] = self.output_files(entry)
+        return np.asarray(Image.open(path))
+
     def output_files(self, entry: dict) -> list[Path]:
         """Image files a finished prompt wrote, as paths on disk."""
         files = []

@@ -22,6 +22,18 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.server)
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """For modules of tiny-model tests: two OpenMP threads on two shared cores slow tiny models down ~100x
+    when other jobs run, and one thread leaves fewer float-reduction orders for golden outputs to depend on."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tiny_models_dir(tmp_path_factory):
     """A ComfyUI-style models folder holding a tiny version of every model file the pack loads."""

@@ -149,13 +149,7 @@ def stage2_priors() -> dict[str, torch.Tensor]:
     return {"image": image, "pose": synthetic_pose(), "depth": grey.contiguous(), "normal": image.flip(-1)}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Fewer float-reduction orders to depend on, and the tiny models run faster on two shared cores.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

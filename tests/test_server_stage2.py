@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from comfy_harness import execution_error
 
@@ -59,46 +58,39 @@ def stage2_graph(*, strengths=(1.0, 0.8, 0.6, 0.4), strength: float = 1.0, adapt
     return graph
 
 
-def run_image(server, graph) -> np.ndarray:
-    entry = server.run(graph, timeout=600)
-    assert entry["status"]["status_str"] == "success", (execution_error(entry) or {}).get("exception_message")
-    [path] = server.output_files(entry)
-    return np.asarray(Image.open(path))
-
-
 def test_stock_ksampler_with_controlnet_and_adapter_returns_the_requested_size(comfy_server):
-    assert run_image(comfy_server, stage2_graph()).shape == (128, 192, 3)
+    assert comfy_server.run_single_image(stage2_graph()).shape == (128, 192, 3)
 
 
 def test_prior_strengths_zero_give_exactly_the_unconditioned_result(comfy_server):
-    plain = run_image(comfy_server, stage2_graph(use_control=False, use_adapter=False))
-    zero = run_image(comfy_server, stage2_graph(strengths=(0, 0, 0, 0), use_adapter=False))
+    plain = comfy_server.run_single_image(stage2_graph(use_control=False, use_adapter=False))
+    zero = comfy_server.run_single_image(stage2_graph(strengths=(0, 0, 0, 0), use_adapter=False))
     assert np.array_equal(plain, zero)
-    controlled = run_image(comfy_server, stage2_graph(use_adapter=False))
+    controlled = comfy_server.run_single_image(stage2_graph(use_adapter=False))
     assert not np.array_equal(plain, controlled), "the tiny ControlNet must change the result"
 
 
 def test_adapter_weight_zero_gives_exactly_the_unpatched_result(comfy_server):
-    plain = run_image(comfy_server, stage2_graph(use_control=False, use_adapter=False))
-    zero = run_image(comfy_server, stage2_graph(use_control=False, adapter_weight=0.0))
+    plain = comfy_server.run_single_image(stage2_graph(use_control=False, use_adapter=False))
+    zero = comfy_server.run_single_image(stage2_graph(use_control=False, adapter_weight=0.0))
     assert np.array_equal(plain, zero)
-    patched = run_image(comfy_server, stage2_graph(use_control=False))
+    patched = comfy_server.run_single_image(stage2_graph(use_control=False))
     assert not np.array_equal(plain, patched), "the tiny adapter must change the result"
 
 
 @pytest.mark.parametrize("sampler,scheduler", [("dpmpp_2m", "karras"), ("ddim", "ddim_uniform")])
 def test_other_samplers_and_schedulers(comfy_server, sampler, scheduler):
-    assert run_image(comfy_server, stage2_graph(sampler=sampler, scheduler=scheduler)).shape == (128, 192, 3)
+    assert comfy_server.run_single_image(stage2_graph(sampler=sampler, scheduler=scheduler)).shape == (128, 192, 3)
 
 
 def test_stacked_controlnets_add_up(comfy_server):
-    once = run_image(comfy_server, stage2_graph(use_adapter=False))
-    twice = run_image(comfy_server, stage2_graph(use_adapter=False, stack_twice=True))
+    once = comfy_server.run_single_image(stage2_graph(use_adapter=False))
+    twice = comfy_server.run_single_image(stage2_graph(use_adapter=False, stack_twice=True))
     assert not np.array_equal(once, twice)
 
 
 def test_fine_tuned_adapter_file_name_loads_too(comfy_server):
-    run_image(comfy_server, stage2_graph(use_control=False, adapter="diffbody_colour_adapter.safetensors"))
+    comfy_server.run_single_image(stage2_graph(use_control=False, adapter="diffbody_colour_adapter.safetensors"))
 
 
 def test_wrong_adapter_file_is_refused_clearly(comfy_server, tiny_models_dir):

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from comfy_harness import execution_error
 
@@ -54,28 +53,21 @@ def union_graph(strengths=(1.0, 0.8, 0.6, 0.4), *, use_control: bool = True, ada
     return graph
 
 
-def run_image(server, graph) -> np.ndarray:
-    entry = server.run(graph, timeout=600)
-    assert entry["status"]["status_str"] == "success", (execution_error(entry) or {}).get("exception_message")
-    [path] = server.output_files(entry)
-    return np.asarray(Image.open(path))
-
-
 def test_union_mode_with_the_stock_ksampler(comfy_server):
-    plain = run_image(comfy_server, union_graph(use_control=False))
+    plain = comfy_server.run_single_image(union_graph(use_control=False))
     assert plain.shape == (128, 128, 3)
-    zero = run_image(comfy_server, union_graph((0.0, 0.0, 0.0, 0.0)))
+    zero = comfy_server.run_single_image(union_graph((0.0, 0.0, 0.0, 0.0)))
     assert np.array_equal(plain, zero)
     results = {}
     for index, name in enumerate(PRIOR_NAMES):
         strengths = [0.0] * 4
         strengths[index] = 1.0
-        results[name] = run_image(comfy_server, union_graph(tuple(strengths)))
+        results[name] = comfy_server.run_single_image(union_graph(tuple(strengths)))
         assert not np.array_equal(plain, results[name]), name
     # image and depth get the same picture, pose and normal the flipped one: only the control type differs
     assert not np.array_equal(results["image"], results["depth"])
     assert not np.array_equal(results["pose"], results["normal"])
-    assert not np.array_equal(run_image(comfy_server, union_graph()), plain)
+    assert not np.array_equal(comfy_server.run_single_image(union_graph()), plain)
 
 
 @pytest.fixture()
@@ -92,4 +84,4 @@ def test_six_type_union_refuses_tile_clearly(comfy_server, six_type_union):
     error = execution_error(entry)
     assert error is not None and "ProMax" in error["exception_message"]
     assert comfy_server.alive()
-    run_image(comfy_server, union_graph((0.0, 1.0, 1.0, 1.0), controlnet=six_type_union))  # no tile: runs
+    comfy_server.run_single_image(union_graph((0.0, 1.0, 1.0, 1.0), controlnet=six_type_union))  # no tile: runs
