@@ -7,8 +7,8 @@ ComfyUI's side is built from ComfyUI's modules, not from the pack's code: `comfy
 `comfy.ldm.models.autoencoder.AutoencoderKL`, fed the diffusers state dict as ComfyUI converts it) and
 `comfy.sd1_clip.SDTokenizer` + `SDClipModel` configured as `comfy.text_encoders.sd2_clip` configures SD 2.x
 (penultimate layer, pad with id 0, no end-padding) over the tiny tokenizer and the tiny text encoder
-plus one last block, as ComfyUI holds the whole OpenCLIP tower where diffusers drops its last block
-files. ComfyUI's VAE normalises with GroupNorm(32), so the VAE here is a tiny one of 32 channels (the
+plus one last block, as ComfyUI holds the whole OpenCLIP tower where diffusers drops its last block.
+ComfyUI's VAE normalises with GroupNorm(32), so the VAE here is a tiny one of 32 channels (the
 pack's usual tiny VAE has 8-16 and cannot be built by ComfyUI). Everything runs in a subprocess, so
 ComfyUI's modules never enter the pytest process.
 
