@@ -137,12 +137,15 @@ class TinyCLIPVision:
         out = self.hf_model(pixel_values=pixel_values, output_hidden_states=True)
         return out.last_hidden_state, out.hidden_states[intermediate_output]
 
-    def encode_image(self, image):
+    def encode_image(self, image, crop=True):
+        """As comfy.clip_vision.ClipVisionModel.encode_image: ComfyUI's OWN clip_preprocess (not the pack's
+        clip_pixels, which the diffusers path uses: a preprocessing bug must not sit on both sides)."""
         import torch
-        from comfyui_diffbody.pipelines.clip_image import clip_pixels
+        from comfy.clip_vision import clip_preprocess
 
         with torch.no_grad():
-            features = self.model(clip_pixels(image.movedim(-1, 1), self.image_size))[1]
+            pixel_values = clip_preprocess(image.to(self.load_device), size=self.image_size, crop=crop).float()
+            features = self.model(pixel_values)[1]
         return type("Output", (), {"penultimate_hidden_states": features})()
 
 
