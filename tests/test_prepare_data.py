@@ -8,6 +8,7 @@ import os
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from comfyui_diffbody.testing.tiny import TINY_DEPTH_NAME, TINY_NORMALS_NAME
@@ -156,3 +157,66 @@ def test_ids_are_safe_unique_and_stable():
     assert len(ids) == 5
     assert all(all(c.isalnum() or c in "._-" for c in i) and i.isascii() for i in ids)
     assert prepare_data.item_id("people/tall.jpg") == prepare_data.item_id("people/tall.jpg")
+
+
+# ---- the I_res step (training/prepare_ires.py) -----------------------------------------------------------
+
+def run_ires(data_root, *extra: str) -> int:
+    from comfyui_diffbody.training import prepare_ires
+
+    return prepare_ires.main([str(data_root), "--tiny", "--device", "cpu", "--steps", "1", "--cfg", "1", *extra])
+
+
+def test_the_ires_step_stores_one_seeded_bucket_sized_i_res_per_item_by_shard_and_resumes(
+        photos, tmp_path, tiny_models_dir, capsys):
+    """prepare_data, then the I_res step in two shards: every item gets ires/<id>.png at its bucket size, each
+    shard writes only its own items, a rerun skips them, and a file cut off is redone to the same bytes (the
+    degradation and the stage-1 noise are seeded by the item id)."""
+    from comfyui_diffbody.training.prepare_ires import shard_indices
+
+    data_root = tmp_path / "data"
+    run(photos, data_root, tiny_models_dir, "--no-caption", "--normal-source", "from depth")
+    entries = {e["id"]: e for e in manifest_lines(data_root)}
+    dataset = ManifestDataset(str(data_root), fields=("image",))
+    assert set(dataset.missing("ires")) == set(entries)  # before the step, every item lacks it
+    written_by = {}
+    for index in range(2):
+        before = {p.name for p in (data_root / "ires").glob("*.png")} if (data_root / "ires").exists() else set()
+        assert run_ires(data_root, "--num-shards", "2", "--shard-index", str(index)) == 0
+        written_by[index] = {p.name for p in (data_root / "ires").glob("*.png")} - before
+        assert {f"{dataset.items[i]['id']}.png" for i in shard_indices(dataset, 2, index)} == written_by[index]
+    assert not written_by[0] & written_by[1], "the shards overlap"
+    assert written_by[0] | written_by[1] == {f"{i}.png" for i in entries}
+    assert dataset.missing("ires") == []
+    for item_id, entry in entries.items():
+        with Image.open(data_root / "ires" / f"{item_id}.png") as image:
+            assert (image.size, image.mode) == ((entry["width"], entry["height"]), "RGB")
+    assert not list(data_root.rglob("*.tmp")), "no temporary file is left behind"
+    # Rerun: nothing to do, nothing touched.
+    times = file_times(data_root)
+    capsys.readouterr()
+    assert run_ires(data_root) == 0
+    assert "3 already done, 0 to restore" in capsys.readouterr().out
+    assert file_times(data_root) == times
+    # A file cut off half-way is redone, to the same bytes: the item's randomness is its own.
+    victim = data_root / "ires" / f"{sorted(entries)[0]}.png"
+    whole = victim.read_bytes()
+    victim.write_bytes(whole[:len(whole) // 2])
+    assert run_ires(data_root) == 0
+    assert "2 already done, 1 to restore" in capsys.readouterr().out
+    assert victim.read_bytes() == whole
+    others = [p for p in (data_root / "ires").glob("*.png") if p != victim]
+    assert all(file_times(data_root)[str(p.relative_to(data_root))] == times[str(p.relative_to(data_root))]
+               for p in others)
+    # The dataset reads the optional field back as an image of the item's size.
+    item = ManifestDataset(str(data_root), fields=("image", "ires"))[0]
+    assert item["ires"].shape == item["image"].shape and not torch.equal(item["ires"], item["image"])
+
+
+def test_the_ires_step_needs_its_models_unless_tiny(tmp_path):
+    from comfyui_diffbody.testing.tiny.dataset import build_tiny_dataset
+    from comfyui_diffbody.training import prepare_ires
+
+    data_root = build_tiny_dataset(str(tmp_path / "data"), n=1)
+    with pytest.raises(SystemExit, match="--pretrained_sd21, --unet, --controlnet required"):
+        prepare_ires.main([data_root])

@@ -2,9 +2,12 @@
 
 - phase 3 (multi-prior ControlNet) overfits four images: the loss of the last five steps is under half
   that of the first five;
-- phase 4 (colour adapter) overfits four images: on one fixed batch the loss falls at nearly every step
-  and by more than 15% (the adapter acts only through a few tokens in the cross-attentions, so it
-  cannot fit as far as a ControlNet can);
+- phase 4 (colour adapter) overfits four images on their stored I_res (training/prepare_ires.py, the
+  paper's reference): on one fixed batch the loss falls at nearly every step and by more than 15% (the
+  adapter acts only through a few tokens in the cross-attentions, so it cannot fit as far as a ControlNet can);
+- what reaches the adapter's CLIP image encoder is the stored I_res (`ires`), the photo (`hq`) or the
+  step's I_ir, the very image the ControlNet gets (`ir`), recorded with forward hooks; a committed
+  negative test crosses that wire and checks the detector sees it;
 - a run resumed from its checkpoint continues the uninterrupted run's loss curve exactly (both phases);
 - a two-process accelerate launch (gloo on the CPU, bf16 autocast, gradient checkpointing, accumulation)
   of each phase completes and writes its weights, checkpoint and previews;
@@ -45,20 +48,29 @@ def tiny_parts(tmp_path_factory):
             "swinir": write_tiny_swinir(str(root / "general_swinir_v1.ckpt"))}
 
 
+def with_ires(data_root: str) -> str:
+    """Store every item's I_res (ires/<id>.png) with the I_res step on tiny stage-1 weights (one step, no
+    guidance: a plumbing-grade I_res, different from the photo and from I_ir)."""
+    from comfyui_diffbody.training import prepare_ires
+
+    assert prepare_ires.main([data_root, "--tiny", "--device", "cpu", "--steps", "1", "--cfg", "1"]) == 0
+    return data_root
+
+
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory):
-    """Four items in two buckets (64x64, 128x64)."""
+    """Four items in two buckets (64x64, 128x64), with their I_res."""
     from comfyui_diffbody.testing.tiny.dataset import build_tiny_dataset
 
-    return build_tiny_dataset(str(tmp_path_factory.mktemp("tiny-data")), n=4)
+    return with_ires(build_tiny_dataset(str(tmp_path_factory.mktemp("tiny-data")), n=4))
 
 
 @pytest.fixture(scope="module")
 def tiny_square_data(tmp_path_factory):
-    """Four items of one bucket (64x64): with batch 4 every step sees the same batch."""
+    """Four items of one bucket (64x64), with their I_res: with batch 4 every step sees the same batch."""
     from comfyui_diffbody.testing.tiny.dataset import build_tiny_dataset
 
-    return build_tiny_dataset(str(tmp_path_factory.mktemp("tiny-square")), n=4, sizes=((64, 64),), seed=1)
+    return with_ires(build_tiny_dataset(str(tmp_path_factory.mktemp("tiny-square")), n=4, sizes=((64, 64),), seed=1))
 
 
 def phase3_args(data, parts, out, *extra):
@@ -94,7 +106,8 @@ def phase3_run(tiny_data, tiny_parts, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def phase4_run(phase3_run, tiny_square_data, tiny_parts, tmp_path_factory):
-    """Phase 4 on the phase-3 ControlNet: 40 steps at lr 3e-3 on one batch of four images, fixed noise."""
+    """Phase 4 on the phase-3 ControlNet: 40 steps at lr 3e-3 on one batch of four images and their stored I_res
+    (the default reference when every item has one), fixed noise."""
     from comfyui_diffbody.training.train_colour_adapter import train
 
     out = tmp_path_factory.mktemp("phase4")
@@ -142,6 +155,7 @@ def test_phase4_overfits_four_images_and_trains_the_whole_adapter(phase4_run, ti
 
     losses, out = phase4_run
     print(f"phase 4 losses: {curve(losses)}")
+    assert json.loads((out / "train_config.json").read_text())["phase"]["colour_reference"] == "ires"
     falling = sum(b < a for a, b in zip(losses, losses[1:]))
     assert len(losses) == PHASE4_STEPS
     assert falling >= 0.9 * (PHASE4_STEPS - 1) and losses[-1] < 0.85 * losses[0], curve(losses)
@@ -280,6 +294,94 @@ def test_condition_dropout_follows_ip_adapters_split():
     caption_only = (drop_caption & ~drop_image).float().mean().item()
     both = (drop_image & drop_caption).float().mean().item()
     assert all(abs(rate - 0.05) < 0.006 for rate in (image_only, caption_only, both)), (image_only, caption_only, both)
+
+
+# ---- what reaches the colour adapter ------------------------------------------------------------------
+
+def record_phase4_inputs(monkeypatch, data, parts, out, *extra) -> dict[str, torch.Tensor]:
+    """One phase-4 step on all four items (no dropout): what entered the CLIP image encoder (its pixel_values)
+    and the ControlNet's prior embedding (its "image" prior, I_ir), recorded with forward pre-hooks."""
+    from comfyui_diffbody.models import sdxl_components
+    from comfyui_diffbody.training import train_colour_adapter
+
+    seen: dict[str, torch.Tensor] = {}
+    load_clip, load_controlnet = sdxl_components.load_clip_vision, train_colour_adapter.load_frozen_controlnet
+
+    def record(name: str, value: torch.Tensor) -> None:  # a pre-hook returning None leaves the inputs alone
+        seen.setdefault(name, value.detach().float().clone())
+
+    def clip_hooked(*args, **kwargs):
+        encoder = load_clip(*args, **kwargs)
+        encoder.register_forward_pre_hook(lambda _, a, kw: record("clip", kw["pixel_values"]), with_kwargs=True)
+        return encoder
+
+    def controlnet_hooked(*args, **kwargs):
+        controlnet = load_controlnet(*args, **kwargs)
+        controlnet.controlnet_cond_embedding.register_forward_pre_hook(lambda _, a: record("image_prior", a[0]["image"]))
+        return controlnet
+
+    monkeypatch.setattr(sdxl_components, "load_clip_vision", clip_hooked)
+    monkeypatch.setattr(train_colour_adapter, "load_frozen_controlnet", controlnet_hooked)
+    train_colour_adapter.train(phase4_args(data, parts, parts["controlnet"], out, "--max_steps", 1,
+                                           "--condition_dropout", 0, "--validation_count", 0, "--fixed_noise", *extra))
+    return seen
+
+
+def clip_input_sources(seen: dict[str, torch.Tensor], data_root: str) -> list[set[str]]:
+    """For each row of the recorded CLIP input: which of the candidates it is - "ires" / "hq" (an item's stored
+    ires/<id>.png / images/<id>.png, read here with PIL) or "ir" (the same row of the ControlNet's image prior)."""
+    from comfyui_diffbody.pipelines.clip_image import clip_pixels
+
+    clip = seen["clip"]
+    size = clip.shape[-1]
+
+    def pixels(folder: str) -> torch.Tensor:
+        files = sorted(os.listdir(os.path.join(data_root, folder)))
+        arrays = [np.asarray(Image.open(os.path.join(data_root, folder, f)).convert("RGB")) for f in files]
+        return clip_pixels(torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255.0, size)
+
+    stored = {"ires": pixels("ires"), "hq": pixels("images")}
+    ir = clip_pixels(seen["image_prior"], size)
+    sources = []
+    for row in range(clip.shape[0]):
+        found = {name for name, rows in stored.items() if any(torch.allclose(clip[row], r, atol=1e-5) for r in rows)}
+        if torch.allclose(clip[row], ir[row], atol=1e-5):
+            found.add("ir")
+        sources.append(found)
+    return sources
+
+
+@pytest.mark.parametrize("reference", ["default", "ires", "hq", "ir"])
+def test_the_adapter_sees_the_chosen_reference(reference, monkeypatch, tiny_square_data, tiny_parts, tmp_path):
+    extra = [] if reference == "default" else ["--colour_reference", reference]
+    seen = record_phase4_inputs(monkeypatch, tiny_square_data, tiny_parts, tmp_path, *extra)
+    expected = "ires" if reference == "default" else reference
+    assert seen["clip"].shape[0] == 4
+    assert clip_input_sources(seen, tiny_square_data) == [{expected}] * 4
+
+
+def test_the_reference_detector_catches_a_crossed_wire(monkeypatch, tiny_square_data, tiny_parts, tmp_path):
+    """Negative test: phase 4 wired to feed the photo where I_res is asked for is caught as "hq", not "ires"."""
+    from comfyui_diffbody.training import train_colour_adapter
+
+    real = train_colour_adapter.reference_image
+    monkeypatch.setattr(train_colour_adapter, "reference_image",
+                        lambda name, batch, image_ir: real("hq" if name == "ires" else name, batch, image_ir))
+    seen = record_phase4_inputs(monkeypatch, tiny_square_data, tiny_parts, tmp_path, "--colour_reference", "ires")
+    assert clip_input_sources(seen, tiny_square_data) == [{"hq"}] * 4
+
+
+def test_without_i_res_files_the_default_reference_is_an_error(tiny_parts, tmp_path):
+    """No silent fallback: missing I_res files stop phase 4 with a message naming the step and hq/ir."""
+    from comfyui_diffbody.testing.tiny.dataset import build_tiny_dataset
+    from comfyui_diffbody.training.train_colour_adapter import train
+
+    data = with_ires(build_tiny_dataset(str(tmp_path / "data"), n=2))
+    os.remove(os.path.join(data, "ires", "tiny0001.png"))
+    for reference in ([], ["--colour_reference", "ires"]):
+        with pytest.raises(SystemExit, match=r"1 of 2 item\(s\).*prepare_ires.*--colour_reference hq or ir"):
+            train(phase4_args(data, tiny_parts, tiny_parts["controlnet"], tmp_path / "out", "--max_steps", 1,
+                              *reference))
 
 
 # ---- in ComfyUI ----------------------------------------------------------------------------------------

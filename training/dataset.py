@@ -8,10 +8,14 @@ Folder layout (written by `python -m comfyui_diffbody.training.prepare_data`)::
     DATA_ROOT/keypoints/<id>.json       the pose keypoints (POSE_KEYPOINT frame, pipelines/pose/keypoints.py)
     DATA_ROOT/depth/<id>.png            relative depth, 8-bit grey, near = bright
     DATA_ROOT/normal/<id>.png           surface normals, 8-bit RGB
+    DATA_ROOT/ires/<id>.png             optional: stage 1's restoration I_res of the item's degraded photo,
+                                        8-bit RGB (written by `python -m comfyui_diffbody.training.prepare_ires`)
 
 One JSON object per manifest line: {"id", "width": W, "height": H, "image", "pose", "keypoints", "depth",
 "normal", "caption", "source"}; paths are relative to DATA_ROOT; W x H is the item's bucket (one of the
-paper's five, e.g. 512x1024) and every file of the item is exactly that size.
+paper's five, e.g. 512x1024) and every file of the item is exactly that size. The optional field "ires"
+needs no manifest key: its file is `ires/<id>.png` (a manifest's own "ires" path, if given, wins), so the
+I_res step can add it later without rewriting manifests other shards may be appending to.
 
 `ManifestDataset[i]` gives a dict: the image fields as (3, H, W) float32 tensors in 0..1 (depth's grey
 repeated over three channels: the VAE encodes it as an RGB image, and stage 1 decodes it as one), the
@@ -30,9 +34,11 @@ import torch
 
 from ..models.errors import DiffBodyError
 
-IMAGE_FIELDS = ("image", "pose", "depth", "normal")
+IMAGE_FIELDS = ("image", "pose", "depth", "normal", "ires")
 OTHER_FIELDS = ("keypoints", "caption", "source")
 ALL_FIELDS = IMAGE_FIELDS + OTHER_FIELDS
+IRES_FOLDER = "ires"
+DERIVED_FIELDS = {"ires": IRES_FOLDER}  # field -> folder: not required in the manifest, <folder>/<id>.png
 DEFAULT_FIELDS = ("image", "pose", "depth", "normal", "caption")
 MANIFEST_PATTERN = "manifest*.jsonl"
 
@@ -75,7 +81,8 @@ class ManifestDataset(torch.utils.data.Dataset):
             item = json.loads(line)
         except json.JSONDecodeError as e:
             raise DatasetError(f"{where} of '{self.data_root}' is not JSON ({e})") from e
-        missing = [k for k in ("id", "width", "height", *self.fields) if k not in item]
+        required = [f for f in self.fields if f not in DERIVED_FIELDS]
+        missing = [k for k in ("id", "width", "height", *required) if k not in item]
         if missing:
             raise DatasetError(f"{where} of '{self.data_root}' lacks {', '.join(missing)}")
         if not (isinstance(item["width"], int) and isinstance(item["height"], int)
@@ -105,10 +112,20 @@ class ManifestDataset(torch.utils.data.Dataset):
                 out[field] = str(item[field])
         return out
 
+    def relative_path(self, index: int, field: str) -> str:
+        """The path of item `index`'s `field` file, relative to DATA_ROOT (whether it exists or not)."""
+        return _relative(self.items[index], field)
+
+    def missing(self, field: str) -> list[str]:
+        """Ids of the items whose `field` file does not exist (e.g. "ires" before the I_res step ran)."""
+        return [str(item["id"]) for item in self.items
+                if not os.path.isfile(os.path.join(self.data_root, _relative(item, field)))]
+
     def _path(self, item: dict, field: str) -> str:
-        path = os.path.join(self.data_root, item[field])
+        path = os.path.join(self.data_root, _relative(item, field))
         if not os.path.isfile(path):
-            raise DatasetError(f"item {item['id']!r}: its {field} file '{path}' does not exist")
+            hint = " (run `python -m comfyui_diffbody.training.prepare_ires`)" if field == "ires" else ""
+            raise DatasetError(f"item {item['id']!r}: its {field} file '{path}' does not exist{hint}")
         return path
 
     def _read_image(self, item: dict, field: str) -> torch.Tensor:
@@ -125,6 +142,12 @@ class ManifestDataset(torch.utils.data.Dataset):
         if field == "depth":
             return tensor.unsqueeze(0).expand(3, -1, -1).contiguous()
         return tensor.permute(2, 0, 1).contiguous()
+
+
+def _relative(item: dict, field: str) -> str:
+    if field in DERIVED_FIELDS and field not in item:
+        return f"{DERIVED_FIELDS[field]}/{item['id']}.png"
+    return item[field]
 
 
 def collate_items(items: list[dict[str, Any]]) -> dict[str, Any]:

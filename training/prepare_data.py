@@ -134,7 +134,7 @@ def load_bucketed(path: Path):
 
 # -- writing -------------------------------------------------------------------------------------------
 
-def _atomic_write(path: Path, write) -> None:
+def atomic_write(path: Path, write) -> None:
     """write(file object) into a temporary file beside `path`, then rename it over `path`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -150,12 +150,12 @@ def _atomic_write(path: Path, write) -> None:
         raise
 
 
-def _save_png(path: Path, array) -> None:
+def save_png(path: Path, array) -> None:
     """(H, W) uint8 -> grey PNG, (H, W, 3) uint8 -> RGB PNG."""
     import numpy as np
     from PIL import Image
 
-    _atomic_write(path, lambda f: Image.fromarray(np.ascontiguousarray(array)).save(f, format="PNG"))
+    atomic_write(path, lambda f: Image.fromarray(np.ascontiguousarray(array)).save(f, format="PNG"))
 
 
 def _append_line(manifest: Path, entry: dict) -> None:
@@ -195,11 +195,11 @@ class Annotator:
         entry.update({field: f"{folder}/{source.item_id}{'.json' if field == 'keypoints' else '.png'}"
                       for field, folder in SUBFOLDERS.items()})
         entry.update({"caption": caption, "source": source.relative})
-        _save_png(data_root / entry["image"], photo)
-        _save_png(data_root / entry["pose"], chw_to_uint8(pose_images[0]))
-        _save_png(data_root / entry["depth"], chw_to_uint8(depth[0])[..., 0])  # grey: one channel
-        _save_png(data_root / entry["normal"], chw_to_uint8(normal[0]))
-        _atomic_write(data_root / entry["keypoints"], lambda f: f.write(json.dumps(frames[0]).encode("utf-8")))
+        save_png(data_root / entry["image"], photo)
+        save_png(data_root / entry["pose"], chw_to_uint8(pose_images[0]))
+        save_png(data_root / entry["depth"], chw_to_uint8(depth[0])[..., 0])  # grey: one channel
+        save_png(data_root / entry["normal"], chw_to_uint8(normal[0]))
+        atomic_write(data_root / entry["keypoints"], lambda f: f.write(json.dumps(frames[0]).encode("utf-8")))
         return entry
 
 

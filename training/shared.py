@@ -60,10 +60,16 @@ def degraded_and_cleaned(images: torch.Tensor, generator: torch.Generator | list
     return lq, cleaner(lq)
 
 
+def item_seed(seed: int, item_id: str, stream: int = 0) -> int:
+    """A 63-bit seed that depends only on (seed, item id, stream); streams keep two uses of one item apart
+    (0: the training steps' per-item draws, 1: the stage-1 sampling noise of training/prepare_ires.py)."""
+    digest = int.from_bytes(hashlib.sha256(item_id.encode("utf-8")).digest()[:7], "big")
+    return micro_batch_seed(seed, digest, stream)
+
+
 def item_generator(seed: int, item_id: str, device: torch.device) -> torch.Generator:
     """A generator that depends only on (seed, item id): the same draws every time the item is visited."""
-    digest = int.from_bytes(hashlib.sha256(item_id.encode("utf-8")).digest()[:7], "big")
-    return torch.Generator(device=device).manual_seed(micro_batch_seed(seed, digest, 0))
+    return torch.Generator(device=device).manual_seed(item_seed(seed, item_id))
 
 
 def fix_batch_randomness(batch: dict, seed: int) -> None:

@@ -14,12 +14,14 @@ reference image; SDXL runs with the frozen phase-3 ControlNet's residuals (c_g f
 normal, made as in phase 3: training/stage2_common.py) and the adapter's tokens in every cross-attention,
 exactly as the stage-2 sampler and the ComfyUI patch apply them.
 
-What stands in for I_res: at inference the adapter sees stage 1's restored image I_res. The paper
-annotated its training set with pose, depth, normals and captions computed on the high-quality photos
-(section 4.1) - the ground truth that stage 1's outputs approximate - and lists no stage-1 restoration
-among the annotations, so the high-quality photo stands in for I_res, as its depth and normal maps stand
-in for I_depth and I_normal (`--colour_reference image`, the default). `--colour_reference ir` feeds the
-adapter I_ir instead (the input the public-weights mode gives IP-Adapter).
+The adapter's reference image (`--colour_reference`): the paper trains it on I_res, stage 1's restoration
+(section 3.3, after eq. 4), which is also what inference feeds it; an adapter that only ever saw perfect
+references would learn to copy colours, and copy the colour errors of an imperfect I_res at inference.
+- `ires` (the default whenever every item has its file): the stored `DATA_ROOT/ires/<id>.png`, written by
+  `python -m comfyui_diffbody.training.prepare_ires` with the trained stage 1 (phases 1 and 2);
+- `hq`: the clean high-quality photo itself (what this phase used before the I_res step existed);
+- `ir`: the step's I_ir (the input the public-weights mode gives IP-Adapter).
+Without the I_res files the default is an error that names the step, or asks for `hq`/`ir` explicitly.
 
 Dropout for classifier-free guidance, as IP-Adapter was trained: with probability `--condition_dropout`
 each (0.05), the image only, the caption only, or both are dropped; a dropped image is an all-zero CLIP
@@ -50,7 +52,8 @@ PAPER_LEARNING_RATE = 1e-4  # section 4.2
 PAPER_BATCH_PER_GPU = 8  # 64 on the paper's 8 GPUs
 PAPER_STEPS = 200_000
 DEFAULT_CONDITION_DROPOUT = 0.05  # IP-Adapter's training script: image, text and both, 0.05 each
-REFERENCES = ("image", "ir")
+REFERENCES = ("ires", "hq", "ir")
+BASE_FIELDS = ("image", "pose", "depth", "normal", "caption")
 
 
 class ColourAdapterOnUNet(nn.Module):
@@ -108,9 +111,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--clip_vision", required=True,
                         help="OpenCLIP ViT-H-14 image encoder: a transformers folder (h94/IP-Adapter "
                              "models/image_encoder) or ComfyUI's CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors")
-    parser.add_argument("--colour_reference", choices=REFERENCES, default="image",
-                        help="what the adapter sees in place of I_res: the high-quality photo (default, see the "
-                             "module doc) or I_ir")
+    parser.add_argument("--colour_reference", choices=REFERENCES, default=None,
+                        help="the adapter's reference image: ires (the paper's: stage 1's I_res stored by "
+                             "training/prepare_ires.py; the default, which needs every item's file), hq (the clean "
+                             "photo) or ir (the step's I_ir)")
     parser.add_argument("--condition_dropout", type=float, default=DEFAULT_CONDITION_DROPOUT,
                         help="probability each of dropping the image only, the caption only, and both "
                              "(replaces --caption_dropout in this phase)")
@@ -144,6 +148,26 @@ def clip_features(image_encoder, images: torch.Tensor, dropped: torch.Tensor) ->
     return clip_image_features(image_encoder, pixels.to(param.device, param.dtype))
 
 
+def resolve_reference(choice: str | None, data_root: str, dataset) -> str:
+    """The reference to train on: `choice`, or "ires" when every item has its I_res file. Missing I_res files
+    are an error (never a silent switch to another image)."""
+    if choice not in (None, "ires"):
+        return choice
+    missing = dataset.missing("ires")
+    if missing:
+        raise SystemExit(
+            f"{len(missing)} of {len(dataset)} item(s) of {data_root} have no I_res file (ires/<id>.png; first: "
+            f"{missing[0]!r}). The paper trains the colour adapter on I_res: run `python -m "
+            f"comfyui_diffbody.training.prepare_ires {data_root} --pretrained_sd21 ... --unet ... --controlnet ... "
+            f"--swinir ...` first, or pick --colour_reference hq or ir explicitly.")
+    return "ires"
+
+
+def reference_image(name: str, batch: dict, image_ir: torch.Tensor) -> torch.Tensor:
+    """The adapter's reference for `name` (REFERENCES): the batch's stored I_res, its photo, or I_ir."""
+    return {"ires": lambda: batch["ires"], "hq": lambda: batch["image"], "ir": lambda: image_ir}[name]()
+
+
 def load_frozen_controlnet(path: str, unet_config):
     from ..models.multiprior_controlnet import MultiPriorControlNetConfig
     from ..models.stage2_weights import load_multiprior
@@ -163,7 +187,10 @@ def train(args: argparse.Namespace, accelerator=None) -> list[float]:
 
     config = config_from_args(args)
     strengths = common.prior_strengths(args)
-    dataset = ManifestDataset(args.data_root, fields=("image", "pose", "depth", "normal", "caption"))
+    dataset = ManifestDataset(args.data_root, fields=BASE_FIELDS)
+    args.colour_reference = resolve_reference(args.colour_reference, args.data_root, dataset)
+    if args.colour_reference == "ires":
+        dataset = ManifestDataset(args.data_root, fields=(*BASE_FIELDS, "ires"))
     sdxl = common.load_frozen_sdxl(args.pretrained_sdxl, args.sdxl_unet)
     controlnet = load_frozen_controlnet(args.controlnet, sdxl.unet.config)
     image_encoder = load_clip_vision(args.clip_vision)
@@ -176,9 +203,6 @@ def train(args: argparse.Namespace, accelerator=None) -> list[float]:
     schedule = common.training_schedule()
     previews = common.Previews(dataset, args, cleaner)
 
-    def reference(batch_images: torch.Tensor, image_ir: torch.Tensor) -> torch.Tensor:
-        return batch_images if args.colour_reference == "image" else image_ir
-
     def compute_loss(batch):
         if args.fixed_noise:
             fix_batch_randomness(batch, args.seed)
@@ -188,7 +212,8 @@ def train(args: argparse.Namespace, accelerator=None) -> list[float]:
         with torch.no_grad():
             residuals = controlnet(inputs.noisy, inputs.timesteps, inputs.context, inputs.added_vector,
                                    controlnet.embed_priors(inputs.priors, strengths))
-            features = clip_features(image_encoder, reference(batch["image"], inputs.priors["image"]), drop_image)
+            reference = reference_image(args.colour_reference, batch, inputs.priors["image"])
+            features = clip_features(image_encoder, reference, drop_image)
         prediction = batch["model"](features, inputs, residuals)
         return common.noise_loss(prediction, inputs.noise)
 
@@ -197,7 +222,9 @@ def train(args: argparse.Namespace, accelerator=None) -> list[float]:
                                   adapter=wrapper.adapter.eval(), image_encoder=image_encoder)
         with wrapper.unet_unpatched():
             common.sample_previews(pipeline, previews, strengths, folder, step, args,
-                                   adapter_reference=lambda p: reference(p.item["image"][None], p.image_ir[None]))
+                                   adapter_reference=lambda p: reference_image(
+                                       args.colour_reference, {k: v[None] for k, v in p.item.items()
+                                                               if isinstance(v, torch.Tensor)}, p.image_ir[None]))
 
     return run_phase(config, args, trainable=model, dataset=dataset, compute_loss=compute_loss,
                      frozen=[*sdxl.modules, controlnet, image_encoder], frozen_fp32=[sdxl.vae_module], cleaner=cleaner,
