@@ -215,7 +215,9 @@ def run_phase4(parts, out, monkeypatch, recorder: Recorder) -> list[float]:
     args = phase.build_parser().parse_args([str(a) for a in (
         "--data_root", parts["data"], "--pretrained_sdxl", parts["sdxl"], "--swinir", parts["swinir"],
         "--controlnet", parts["controlnet"], "--init_adapter", parts["ip_adapter"],
-        "--clip_vision", parts["clip_vision"], "--output_dir", out, *COMMON)])
+        "--clip_vision", parts["clip_vision"], "--output_dir", out,
+        # Which image the adapter sees does not change which weights train; `hq` needs no stored I_res.
+        "--colour_reference", "hq", *COMMON)])
     return phase.train(args, accelerator=recorder.accelerator(args))
 
 
