@@ -33,6 +33,7 @@ _spec.loader.exec_module(wiring_recorder)
 WiringRecorder, matches = wiring_recorder.WiringRecorder, wiring_recorder.matches
 
 SAMPLE = REPO_ROOT / "assets" / "sample_person_lq.jpg"
+INPUT_SIDE = 64  # the sample photo, made smaller: stage 2 on the CPU dominates the run
 PRIOR_FILLS = {"image": "edge", "pose": "black", "depth": "edge", "normal": "edge"}
 IMAGE_ATOL = 1.5 / 255  # the saved PNGs round to 8 bits; the canvas resize is a convex combination
 CLIP_ATOL = 1.5 / 255 / 0.26  # clip_pixels rounds to 8 bits again, then divides by CLIP's std (~0.26)
@@ -113,12 +114,13 @@ def run_restore(tmp_path: Path, monkeypatch, crossing=None) -> WiringRun:
     _install_recorder(monkeypatch, recorder, kept)
     if crossing is not None:
         crossing(monkeypatch)
-    out = tmp_path / "out"
+    out, source = tmp_path / "out", tmp_path / "person.png"
+    Image.open(SAMPLE).resize((INPUT_SIDE, INPUT_SIDE), Image.BICUBIC).save(source)
     try:
-        assert cli.main(["restore", str(SAMPLE), "--tiny", "--size-mode", "native", "--out", str(out)]) == 0
+        assert cli.main(["restore", str(source), "--tiny", "--size-mode", "native", "--out", str(out)]) == 0
     finally:
         recorder.remove()
-    stem = out / SAMPLE.stem
+    stem = out / source.stem
     saved = {name: _read_png(Path(f"{stem}_{suffix}.png")) for name, suffix in
              (("I_ir", "ir"), ("I_pose", "pose"), ("I_res", "stage1"), ("I_depth", "depth"), ("I_normal", "normal"))}
     saved["p"] = Path(f"{stem}_caption.txt").read_text().rstrip("\n")
@@ -216,5 +218,60 @@ def _check_colour_adapter(problems: list, records: dict, clip_inputs: dict) -> N
 
 def test_the_cli_pipeline_wires_every_input_as_the_paper_says(tmp_path, monkeypatch):
     run = run_restore(tmp_path, monkeypatch)
-    print({k: len(v) for k, v in run.records.items()}, run.saved["p"], "|", run.saved["p'"])
+    assert run.saved["p"] != run.saved["p'"]  # else p and p' could not be told apart at the text encoders
     assert wiring_problems(run) == []
+
+
+# -- crossed on purpose: the detector must name every crossed wire, and only those -------------------------
+
+def _cross_everything_after_stage0(monkeypatch):
+    """Stage 1: I_pose as I_ir and a caption that is not p. Stage 2: I_res to the image prior, I_ir to the
+    pose prior, depth and normal swapped, I_ir to the colour adapter, p instead of p'."""
+    from comfyui_diffbody.pipelines import restore, stage1
+
+    call_stage1 = stage1.Stage1Pipeline.__call__
+
+    def crossed_stage1(self, image_ir, pose_image, captions, *args, **kwargs):
+        return call_stage1(self, pose_image, pose_image, [c + " (not p)" for c in captions], *args, **kwargs)
+
+    restore_one, settings = restore._restore_one, restore._stage2_settings
+
+    def crossed_stage2(pipeline, result, *args, **kwargs):
+        crossed = dataclasses.replace(result, cleaned=result.stage1, pose_image=result.cleaned, depth=result.normal,
+                                      normal=result.depth, stage1=result.cleaned)
+        return restore_one(pipeline, crossed, *args, **kwargs)
+
+    monkeypatch.setattr(stage1.Stage1Pipeline, "__call__", crossed_stage1)
+    monkeypatch.setattr(restore, "_restore_one", crossed_stage2)
+    monkeypatch.setattr(restore, "_stage2_settings", lambda result, *args: dataclasses.replace(
+        settings(result, *args), prompt=result.caption))
+
+
+def _recaption_ir(monkeypatch):
+    """p' = caption(I_ir) instead of caption(I_res)."""
+    from comfyui_diffbody.pipelines import restore
+
+    recaption = restore._recaption
+
+    def recaption_copies(results, *args, **kwargs):
+        copies = [dataclasses.replace(r, stage1=r.cleaned) for r in results]
+        recaption(copies, *args, **kwargs)
+        for result, copy in zip(results, copies):
+            result.recaption = copy.recaption
+
+    monkeypatch.setattr(restore, "_recaption", recaption_copies)
+
+
+CROSSED_WIRES = {
+    _cross_everything_after_stage0: {"stage-1 ControlNet image latent", "stage-1 text encoder",
+                                     "stage-2 image extractor", "stage-2 pose extractor", "stage-2 depth extractor",
+                                     "stage-2 normal extractor", "CLIP vision pixels",
+                                     "colour adapter resampler features", "stage-2 text encoders"},
+    _recaption_ir: {"captioner input for p'"},
+}
+
+
+@pytest.mark.parametrize("crossing", list(CROSSED_WIRES), ids=lambda f: f.__name__.strip("_"))
+def test_the_detector_names_every_wire_crossed_on_purpose(tmp_path, monkeypatch, crossing):
+    problems = wiring_problems(run_restore(tmp_path, monkeypatch, crossing))
+    assert {line.split(":")[0] for line in problems} == CROSSED_WIRES[crossing], problems
