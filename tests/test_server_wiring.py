@@ -161,4 +161,5 @@ REWIRED = {
 def test_the_detector_names_every_wire_the_workflow_crosses(comfy_server, tmp_path, llava_processor, rewire):
     records, saved = run_workflow(comfy_server, tmp_path, rewire)
     problems = server_wiring_problems(records, saved, llava_processor)
+    print("\n".join(problems))
     assert {line.split(":")[0] for line in problems} == REWIRED[rewire], problems

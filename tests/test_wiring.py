@@ -214,4 +214,5 @@ CROSSED_WIRES = {
 @pytest.mark.parametrize("crossing", list(CROSSED_WIRES), ids=lambda f: f.__name__.strip("_"))
 def test_the_detector_names_every_wire_crossed_on_purpose(tmp_path, monkeypatch, crossing):
     problems = wiring_problems(run_restore(tmp_path, monkeypatch, crossing))
+    print("\n".join(problems))
     assert {line.split(":")[0] for line in problems} == CROSSED_WIRES[crossing], problems
