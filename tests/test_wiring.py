@@ -136,13 +136,13 @@ def wiring_problems(run: WiringRun) -> list[str]:
     # I_ir -> the stage-1 ControlNet (its input is c_r, the stage-1 VAE's latent of I_ir's canvas)
     latents = {name: run.kept["sd21_vae"].encode(image).float() for name, image in canvases("edge").items()}
     check_rows(problems, "stage-1 ControlNet image latent", records.get("stage-1 ControlNet image latent", []),
-                "I_ir", latents, LATENT_ATOL)
+               "I_ir", latents, LATENT_ATOL)
     # I_ir, I_pose, I_depth, I_normal -> their own extractors of the multi-prior ControlNet
     for prior, source in PRIOR_SOURCES.items():
         check_rows(problems, f"stage-2 {prior} extractor", records.get(f"stage-2 {prior} extractor", []), source,
-                    canvases(PRIOR_FILLS[prior]), IMAGE_ATOL)
+                   canvases(PRIOR_FILLS[prior]), IMAGE_ATOL)
     check_colour_adapter(problems, records, {name: clip_pixels(image, run.kept["clip_vision"].config.image_size)
-                                              for name, image in canvases("edge").items()})
+                                             for name, image in canvases("edge").items()})
     # p' = caption(I_res): the captioner's second image is I_res (the first, for p, is I_ir)
     captioner = run.kept["captioner"]
     text = conversation_text(captioner.processor, DEFAULT_PROMPT)
