@@ -145,7 +145,9 @@ def _rewire_every_wire(prompt: dict) -> None:
     prompt["31"]["inputs"]["text"] = ["5", 0]
 
 
-def _recaption_ir(prompt: dict) -> None:
+def _caption_wrong_images(prompt: dict) -> None:
+    """p = caption(I_LQ) instead of caption(I_ir), p' = caption(I_ir) instead of caption(I_res)."""
+    prompt["5"]["inputs"]["image"] = [PROBE, 0]  # Load Image's output through the probe, so it runs after it
     prompt["20"]["inputs"]["image"] = ["3", 0]
 
 
@@ -153,7 +155,7 @@ REWIRED = {
     _rewire_every_wire: {"stage-1 ControlNet image latent", "stage-1 text encoder", "stage-2 image extractor",
                          "stage-2 pose extractor", "stage-2 depth extractor", "stage-2 normal extractor",
                          "CLIP vision pixels", "colour adapter resampler features", "stage-2 text encoders"},
-    _recaption_ir: {"captioner input for p'"},
+    _caption_wrong_images: {"captioner input for p", "captioner input for p'"},
 }
 
 

@@ -187,19 +187,30 @@ def _cross_everything_after_stage0(monkeypatch):
         settings(result, *args), prompt=result.caption))
 
 
-def _recaption_ir(monkeypatch):
-    """p' = caption(I_ir) instead of caption(I_res)."""
+def _caption_wrong_images(monkeypatch):
+    """p = caption(I_LQ) instead of caption(I_ir), and p' = caption(I_ir) instead of caption(I_res)."""
     from comfyui_diffbody.pipelines import restore
 
-    recaption = restore._recaption
+    run_stage0, recaption = restore.run_stage0, restore._recaption
 
-    def recaption_copies(results, *args, **kwargs):
+    class CaptionsTheInput:
+        def __init__(self, captioner, degraded):
+            self.captioner, self.degraded = captioner, degraded
+
+        def caption(self, images, **kwargs):
+            return self.captioner.caption(self.degraded, **kwargs)
+
+    def stage0_captioning_lq(image, *, captioner=None, **kwargs):
+        return run_stage0(image, captioner=CaptionsTheInput(captioner, image), **kwargs)
+
+    def recaption_ir(results, *args, **kwargs):
         copies = [dataclasses.replace(r, stage1=r.cleaned) for r in results]
         recaption(copies, *args, **kwargs)
         for result, copy in zip(results, copies):
             result.recaption = copy.recaption
 
-    monkeypatch.setattr(restore, "_recaption", recaption_copies)
+    monkeypatch.setattr(restore, "run_stage0", stage0_captioning_lq)
+    monkeypatch.setattr(restore, "_recaption", recaption_ir)
 
 
 CROSSED_WIRES = {
@@ -207,7 +218,7 @@ CROSSED_WIRES = {
                                      "stage-2 image extractor", "stage-2 pose extractor", "stage-2 depth extractor",
                                      "stage-2 normal extractor", "CLIP vision pixels",
                                      "colour adapter resampler features", "stage-2 text encoders"},
-    _recaption_ir: {"captioner input for p'"},
+    _caption_wrong_images: {"captioner input for p", "captioner input for p'"},
 }
 
 
