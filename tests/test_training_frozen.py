@@ -17,7 +17,6 @@ entry) and checks that the detector names it.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 
 import pytest
