@@ -119,6 +119,15 @@ def comfy_to_bchw(image: "torch.Tensor") -> "torch.Tensor":
     return image.permute(0, 3, 1, 2).float().clamp(0, 1).contiguous()
 
 
+def control_hint(image: "torch.Tensor") -> "torch.Tensor":
+    """IMAGE -> a ControlNet hint (B,3,H,W) laid out in memory as ComfyUI's own Apply ControlNet hands it
+    (a channels-last view of the IMAGE): the CPU kernels follow the layout, so only this layout gives the
+    stock node's result bit for bit."""
+    import torch
+
+    return comfy_to_bchw(image).contiguous(memory_format=torch.channels_last)
+
+
 def bchw_to_comfy(images: "torch.Tensor") -> "torch.Tensor":
     """(B,3,H,W) -> ComfyUI IMAGE (B,H,W,3) float32 on the CPU."""
     return images.detach().permute(0, 2, 3, 1).float().clamp(0, 1).cpu().contiguous()

@@ -115,7 +115,7 @@ def union_priors_control(union_control, priors: dict, strengths: dict, strength:
             continue
         c = union_control.copy()
         c.set_extra_arg("control_type", [UNION_TYPES[name]])
-        c.set_cond_hint(glue.comfy_to_bchw(image), weight, percent_range, vae=vae)
+        c.set_cond_hint(glue.control_hint(image), weight, percent_range, vae=vae)
         c.set_previous_controlnet(chained)
         chained = c
     return chained
