@@ -387,7 +387,7 @@ def test_without_i_res_files_the_default_reference_is_an_error(tiny_parts, tmp_p
 # ---- in ComfyUI ----------------------------------------------------------------------------------------
 
 def test_trained_weights_load_in_comfyui_and_change_the_output(comfy_server, tiny_models_dir, phase3_run, phase4_run):
-    from test_server_stage2 import run_image, stage2_graph
+    from test_server_stage2 import stage2_graph
 
     shutil.copy(phase3_run[1] / "diffbody_stage2_controlnet.safetensors",
                 tiny_models_dir / "diffbody" / "trained_stage2_controlnet.safetensors")
@@ -398,7 +398,7 @@ def test_trained_weights_load_in_comfyui_and_change_the_output(comfy_server, tin
         graph = stage2_graph(use_adapter=False, use_control=name is not None)
         if name is not None:
             graph["controlnet"]["inputs"]["controlnet_name"] = name
-        return run_image(comfy_server, graph).astype(np.float32)
+        return comfy_server.run_single_image(graph).astype(np.float32)
 
     plain = with_controlnet(None)
     untrained = with_controlnet("diffbody_stage2_controlnet.safetensors")
@@ -408,7 +408,7 @@ def test_trained_weights_load_in_comfyui_and_change_the_output(comfy_server, tin
     assert np.abs(trained - plain).mean() > 1.0, "the trained ControlNet does not act"
 
     def with_adapter(name: str) -> np.ndarray:
-        return run_image(comfy_server, stage2_graph(use_control=False, adapter=name)).astype(np.float32)
+        return comfy_server.run_single_image(stage2_graph(use_control=False, adapter=name)).astype(np.float32)
 
     initial = with_adapter("ip-adapter-plus_sdxl_vit-h.safetensors")  # what phase 4 started from
     tuned = with_adapter("trained_colour_adapter.safetensors")
