@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from comfy_harness import execution_error
-from wiring_checks import (IMAGE_ATOL, IMAGES, LLAVA_ATOL, PRIOR_SOURCES, check_colour_adapter, check_prompts,
+from wiring_checks import (IMAGE_ATOL, IMAGES, PRIOR_SOURCES, check_captioner_and_prompts, check_colour_adapter,
                            check_rows, matches, read_png)
 from workflow_tools import load_workflow, with_test_stand_ins
 
@@ -81,7 +81,6 @@ def run_workflow(server, tmp_path, rewire=None) -> tuple[dict, dict]:
 @torch.no_grad()
 def server_wiring_problems(records: dict, saved: dict, llava_processor) -> list[str]:
     from comfyui_diffbody.pipelines.buckets import plan_resize
-    from comfyui_diffbody.pipelines.caption import DEFAULT_PROMPT, _model_inputs, conversation_text
     from comfyui_diffbody.pipelines.clip_image import clip_pixels
 
     problems = []
@@ -96,13 +95,7 @@ def server_wiring_problems(records: dict, saved: dict, llava_processor) -> list[
     clip_calls = records.get("CLIP vision pixels", [])
     size = clip_calls[0].shape[-1] if clip_calls else 0
     check_colour_adapter(problems, records, {name: clip_pixels(image, size) for name, image in images.items()})
-    text = conversation_text(llava_processor, DEFAULT_PROMPT)
-    llava_pixels = {name: _model_inputs(llava_processor, saved[name], text, torch.device("cpu"),
-                                        torch.float32)["pixel_values"] for name in IMAGES}
-    calls = records.get("captioner pixels", [])
-    check_rows(problems, "captioner input for p", calls[:1], "I_ir", llava_pixels, LLAVA_ATOL)
-    check_rows(problems, "captioner input for p'", calls[1:], "I_res", llava_pixels, LLAVA_ATOL)
-    check_prompts(problems, records, saved)
+    check_captioner_and_prompts(problems, records, saved, llava_processor)
     return problems
 
 

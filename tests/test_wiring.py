@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 
 from comfy_harness import REPO_ROOT
-from wiring_checks import (IMAGE_ATOL, IMAGES, LLAVA_ATOL, PRIOR_SOURCES, check_colour_adapter, check_prompts,
+from wiring_checks import (IMAGE_ATOL, IMAGES, PRIOR_SOURCES, check_captioner_and_prompts, check_colour_adapter,
                            check_rows, read_png, wiring_recorder)
 
 WiringRecorder = wiring_recorder.WiringRecorder
@@ -124,7 +124,6 @@ def run_restore(tmp_path: Path, monkeypatch, crossing=None) -> WiringRun:
 def wiring_problems(run: WiringRun) -> list[str]:
     """Every crossed or dead wire of one recorded run, as readable lines (empty: all wired as the paper says)."""
     from comfyui_diffbody.pipelines.buckets import plan_resize
-    from comfyui_diffbody.pipelines.caption import DEFAULT_PROMPT, _model_inputs, conversation_text
     from comfyui_diffbody.pipelines.clip_image import clip_pixels
 
     saved, records, problems = run.saved, run.records, []
@@ -144,14 +143,7 @@ def wiring_problems(run: WiringRun) -> list[str]:
     check_colour_adapter(problems, records, {name: clip_pixels(image, run.kept["clip_vision"].config.image_size)
                                              for name, image in canvases("edge").items()})
     # p' = caption(I_res): the captioner's second image is I_res (the first, for p, is I_ir)
-    captioner = run.kept["captioner"]
-    text = conversation_text(captioner.processor, DEFAULT_PROMPT)
-    llava_pixels = {name: _model_inputs(captioner.processor, saved[name], text, torch.device("cpu"),
-                                        torch.float32)["pixel_values"] for name in IMAGES}
-    calls = records.get("captioner pixels", [])
-    check_rows(problems, "captioner input for p", calls[:1], "I_ir", llava_pixels, LLAVA_ATOL)
-    check_rows(problems, "captioner input for p'", calls[1:], "I_res", llava_pixels, LLAVA_ATOL)
-    check_prompts(problems, records, saved)
+    check_captioner_and_prompts(problems, records, saved, run.kept["captioner"].processor)
     return problems
 
 

@@ -77,6 +77,20 @@ def check_colour_adapter(problems: list, records: dict, clip_inputs: dict) -> No
         problems.append("colour adapter resampler features: not CLIP's penultimate states of I_res")
 
 
+def check_captioner_and_prompts(problems: list, records: dict, saved: dict, llava_processor) -> None:
+    """LLaVA sees I_ir for p and I_res for p' (its first and second image), and each stage encodes its own
+    caption (check_prompts)."""
+    from comfyui_diffbody.pipelines.caption import DEFAULT_PROMPT, _model_inputs, conversation_text
+
+    text = conversation_text(llava_processor, DEFAULT_PROMPT)
+    llava_pixels = {name: _model_inputs(llava_processor, saved[name], text, torch.device("cpu"),
+                                        torch.float32)["pixel_values"] for name in IMAGES}
+    calls = records.get("captioner pixels", [])
+    check_rows(problems, "captioner input for p", calls[:1], "I_ir", llava_pixels, LLAVA_ATOL)
+    check_rows(problems, "captioner input for p'", calls[1:], "I_res", llava_pixels, LLAVA_ATOL)
+    check_prompts(problems, records, saved)
+
+
 def check_prompts(problems: list, records: dict, saved: dict) -> None:
     """p -> stage 1's text encoder, p' -> stage 2's (the other prompts encoded are the empty negative)."""
     for wire, expected, other in (("stage-1 text encoder", "p", "p'"), ("stage-2 text encoders", "p'", "p")):
