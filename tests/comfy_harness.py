@@ -37,6 +37,20 @@ def comfyui_dir() -> Path:
     return path
 
 
+def run_comfy_script(code: str, work: Path, *args: str, label: str = "measured") -> dict:
+    """Run `code` in a fresh Python process as `script COMFYUI_DIR *args` (ComfyUI's own modules on its
+    path there, never in the test process) and return the JSON of its last `RESULT {...}` line."""
+    script = work / "check.py"
+    script.write_text(code)
+    done = subprocess.run([sys.executable, str(script), str(comfyui_dir()), *map(str, args)], capture_output=True,
+                          text=True, timeout=300)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    assert done.returncode == 0 and lines, done.stdout[-2000:] + done.stderr[-4000:]
+    result = json.loads(lines[-1][len("RESULT "):])
+    print(f"{label}:", json.dumps(result))
+    return result
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

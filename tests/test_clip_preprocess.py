@@ -10,9 +10,6 @@ and checks that it reports them.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 
 import pytest
 
@@ -69,17 +66,10 @@ print("RESULT " + json.dumps(out))
 
 @pytest.fixture(scope="module")
 def measured(tmp_path_factory):
-    from comfy_harness import comfyui_dir
+    from comfy_harness import run_comfy_script
 
-    script = tmp_path_factory.mktemp("clip_preprocess") / "check.py"
-    script.write_text(CHECK)
-    done = subprocess.run([sys.executable, str(script), str(comfyui_dir())], capture_output=True, text=True,
-                          timeout=300)
-    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
-    assert done.returncode == 0 and lines, done.stdout[-2000:] + done.stderr[-4000:]
-    result = json.loads(lines[-1][len("RESULT "):])
-    print("max |clip_pixels - clip_preprocess| per case:", json.dumps(result))
-    return result
+    return run_comfy_script(CHECK, tmp_path_factory.mktemp("clip_preprocess"),
+                            label="max |clip_pixels - clip_preprocess| per case")
 
 
 def differences(measured: dict, variant: str) -> dict[str, float | None]:

@@ -18,9 +18,6 @@ ComfyUI's last layer instead of the penultimate one) and checks that it reports 
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 
 import pytest
 
@@ -140,18 +137,10 @@ print("RESULT " + json.dumps(out))
 
 @pytest.fixture(scope="module")
 def native(tmp_path_factory):
-    from comfy_harness import comfyui_dir
+    from comfy_harness import run_comfy_script
 
     work = tmp_path_factory.mktemp("stage1_native")
-    script = work / "check.py"
-    script.write_text(CHECK)
-    done = subprocess.run([sys.executable, str(script), str(comfyui_dir()), str(work)], capture_output=True, text=True,
-                          timeout=300)
-    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
-    assert done.returncode == 0 and lines, done.stdout[-2000:] + done.stderr[-4000:]
-    result = json.loads(lines[-1][len("RESULT "):])
-    print("measured:", json.dumps(result))
-    return result
+    return run_comfy_script(CHECK, work, work)
 
 
 def mismatches(values: dict[str, float | None]) -> dict[str, float | None]:

@@ -13,9 +13,6 @@ ComfyUI's modules never enter the pytest process.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -320,19 +317,10 @@ print("RESULT " + json.dumps(out))
 
 @pytest.fixture(scope="module")
 def native(tmp_path_factory):
-    from comfy_harness import comfyui_dir
+    from comfy_harness import run_comfy_script
 
     work = tmp_path_factory.mktemp("stage2_native")
-    script = work / "native_check.py"
-    script.write_text(NATIVE_CHECK)
-    tests_dir = Path(__file__).resolve().parent
-    done = subprocess.run([sys.executable, str(script), str(comfyui_dir()), str(tests_dir), str(work)],
-                          capture_output=True, text=True, timeout=300)
-    lines = [l for l in done.stdout.splitlines() if l.startswith("RESULT ")]
-    assert done.returncode == 0 and lines, done.stdout[-2000:] + done.stderr[-4000:]
-    result = json.loads(lines[-1][len("RESULT "):])
-    print("measured:", json.dumps(result))
-    return result
+    return run_comfy_script(NATIVE_CHECK, work, Path(__file__).resolve().parent, work)
 
 
 def test_native_sampling_ran_on_training_timesteps_with_both_halves(native):

@@ -4,9 +4,6 @@ residuals against ComfyUI's own union ControlNet chained by the pack's node logi
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -209,18 +206,10 @@ print("RESULT " + json.dumps(out))
 
 @pytest.fixture(scope="module")
 def cross_host(tmp_path_factory):
-    from comfy_harness import comfyui_dir
+    from comfy_harness import run_comfy_script
 
     work = tmp_path_factory.mktemp("union_cross_host")
-    script = work / "cross_host.py"
-    script.write_text(CROSS_HOST)
-    done = subprocess.run([sys.executable, str(script), str(comfyui_dir()), str(Path(__file__).resolve().parent),
-                           str(work)], capture_output=True, text=True, timeout=300)
-    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
-    assert done.returncode == 0 and lines, done.stdout[-2000:] + done.stderr[-4000:]
-    result = json.loads(lines[-1][len("RESULT "):])
-    print("measured:", json.dumps(result))
-    return result
+    return run_comfy_script(CROSS_HOST, work, Path(__file__).resolve().parent, work)
 
 
 def test_priors_map_to_comfyuis_union_type_names(cross_host):
