@@ -30,6 +30,7 @@ PROBE, PROBE_END = "900", "901"
 # node ids of diffbody_full_api.json: where each saved tensor and caption shows
 IMAGE_PREVIEWS = {"I_ir": "902", "I_pose": "903", "I_res": "15", "I_depth": "16", "I_normal": "17"}
 CAPTION_PREVIEWS = {"p": "904", "p'": "21"}
+CAPTIONERS = ("5", "20")  # the LLaVA Caption nodes of p and p', which ComfyUI may run in either order
 
 
 def wiring_prompt(record_path) -> dict:
@@ -95,7 +96,9 @@ def server_wiring_problems(records: dict, saved: dict, llava_processor) -> list[
     clip_calls = records.get("CLIP vision pixels", [])
     size = clip_calls[0].shape[-1] if clip_calls else 0
     check_colour_adapter(problems, records, {name: clip_pixels(image, size) for name, image in images.items()})
-    check_captioner_and_prompts(problems, records, saved, llava_processor)
+    by_node = dict(zip(records.get("captioner nodes", []), records.get("captioner pixels", [])))
+    check_captioner_and_prompts(problems, {**records, "captioner pixels": [by_node[n] for n in CAPTIONERS
+                                                                           if n in by_node]}, saved, llava_processor)
     return problems
 
 

@@ -32,7 +32,7 @@ LLAVA_ATOL = 4 / 255 / 0.26
 
 def read_png(path: Path) -> torch.Tensor:
     """(3, H, W) float in 0..1."""
-    return torch.from_numpy(np.asarray(Image.open(path).convert("RGB"))).permute(2, 0, 1).float() / 255.0
+    return torch.from_numpy(np.array(Image.open(path).convert("RGB"))).permute(2, 0, 1).float() / 255.0
 
 
 def which(arrived: torch.Tensor, candidates: dict, atol: float) -> list[str]:

@@ -48,7 +48,11 @@ def _pre_hook(module, args):
     elif kind == "Resampler":
         _store("colour adapter resampler features", args[0])
     elif kind == "CLIPVisionEmbeddings":
-        _store("captioner pixels" if _STATE["captioning"] else "CLIP vision pixels", args[0])
+        if _STATE["captioning"]:
+            _store("captioner pixels", args[0])
+            _store("captioner nodes", _STATE["captioning"])
+        else:
+            _store("CLIP vision pixels", args[0])
 
 
 def _post_hook(module, args, output):
@@ -104,11 +108,14 @@ def _start() -> None:
 
 
 def _mark_captioning(caption_module) -> None:
-    """While the captioner generates, CLIP vision encoders at work are its vision tower, not stage 2's."""
+    """While the captioner generates, CLIP vision encoders at work are its vision tower, not stage 2's. The
+    id of the node captioning is recorded with its pixels: two captioner nodes may run in either order."""
+    from comfy_execution.utils import get_executing_context
+
     original = caption_module._generate
 
     def generating(*args, **kwargs):
-        _STATE["captioning"] = True
+        _STATE["captioning"] = get_executing_context().node_id
         try:
             return original(*args, **kwargs)
         finally:
@@ -116,6 +123,7 @@ def _mark_captioning(caption_module) -> None:
 
     caption_module._generate = generating
     _STATE["restores"].append((caption_module, "_generate", original))
+
 
 def _stop() -> dict:
     for handle in _STATE.get("handles", []):
