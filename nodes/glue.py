@@ -220,6 +220,32 @@ def wrap_for_memory_management(module):
     return comfy.model_patcher.ModelPatcher(module, load_device=torch_device(), offload_device=offload_device())
 
 
+def upscale_model_patcher(module, source_path: str):
+    """The patcher newer ComfyUI's own upscale-model loader attaches to its UPSCALE_MODEL as `.patcher`
+    (its "Upscale Image (using Model)" hands that to load_models_gpu): the patcher class core uses for its
+    own loaders, read at call time (ComfyUI rebinds `CoreModelPatcher` at start-up when dynamic VRAM is on),
+    with `fast_disk` judged from the weights file as core judges it. ComfyUI versions without those
+    (0.3.75) get a plain ModelPatcher."""
+    import comfy.model_patcher
+
+    patcher_class = getattr(comfy.model_patcher, "CoreModelPatcher", comfy.model_patcher.ModelPatcher)
+    return patcher_class(module, load_device=torch_device(), offload_device=offload_device(),
+                         **_fast_disk_argument(patcher_class, source_path))
+
+
+def _fast_disk_argument(patcher_class, source_path: str) -> dict:
+    import inspect
+
+    try:
+        import comfy.storage
+    except ImportError:
+        return {}
+    judge = getattr(comfy.storage, "model_fast_disk", None)
+    if judge is None or "fast_disk" not in inspect.signature(patcher_class.__init__).parameters:
+        return {}
+    return {"fast_disk": judge([source_path])}
+
+
 def load_to_compute_device(*patchers) -> None:
     import comfy.model_management
 

@@ -31,7 +31,11 @@ class SwinIRLoader:
     def load(self, model_name: str, auto_download: bool):
         from ..models.swinir import load_swinir
 
-        return (load_swinir(glue.model_path(model_name, "upscale_models", auto_download)),)
+        path = glue.model_path(model_name, "upscale_models", auto_download)
+        swinir = load_swinir(path)
+        # what ComfyUI's own loader attaches, for newer "Upscale Image (using Model)" (load_models_gpu)
+        swinir.patcher = glue.upscale_model_patcher(swinir.model, path)
+        return (swinir,)
 
 
 class SwinIRCleanup:
