@@ -9,6 +9,7 @@ import numpy as np
 from PIL import Image
 
 from comfy_harness import REPO_ROOT, execution_error
+from conftest import person_photo
 
 
 def stage0_graph(image: str, *, backend: str = "dwpose", swinir: str = "general_swinir_v1.ckpt",
@@ -115,3 +116,38 @@ def test_8000_pixel_wide_image_goes_through_every_node(comfy_server):
     entry = run_ok(comfy_server, stage0_graph("wide.png"))
     [pose] = comfy_server.output_files({"outputs": {"p": entry["outputs"]["save_pose"]}})
     assert Image.open(pose).size == (8000, 40)
+
+
+def test_stock_upscale_with_model_node_runs_our_swinir_as_our_cleanup_does(comfy_server):
+    """Our loader's UPSCALE_MODEL into ComfyUI's own 'Upscale Image (using Model)' (ImageUpscaleWithModel), on a
+    512x512 photo: one tile for both nodes, so the stock node's result is our cleanup's at upscale 1. The same
+    node fed the other SwinIR file must differ: the comparison can tell which network ran. (0.3.75's stock
+    node does not read `.patcher`; tests/test_swinir_upscale_model.py checks what newer core reads.)"""
+    Image.fromarray(person_photo()).save(comfy_server.base_dir / "input" / "person512.png")
+    graph = {
+        "load": {"class_type": "LoadImage", "inputs": {"image": "person512.png"}},
+        "swinir": {"class_type": "DiffBodySwinIRLoader",
+                   "inputs": {"model_name": "general_swinir_v1.ckpt", "auto_download": False}},
+        "other": {"class_type": "DiffBodySwinIRLoader",
+                  "inputs": {"model_name": "realesrgan_s4_swinir_100k.pth", "auto_download": False}},
+        "clean": {"class_type": "DiffBodySwinIRCleanup",
+                  "inputs": {"swinir": ["swinir", 0], "image": ["load", 0], "upscale": 1.0,
+                             "tile_size": 512, "tile_stride": 256}},
+        "stock": {"class_type": "ImageUpscaleWithModel",
+                  "inputs": {"upscale_model": ["swinir", 0], "image": ["load", 0]}},
+        "stock_other": {"class_type": "ImageUpscaleWithModel",
+                        "inputs": {"upscale_model": ["other", 0], "image": ["load", 0]}},
+    }
+    for name in ("clean", "stock", "stock_other"):
+        graph[f"save_{name}"] = {"class_type": "SaveImage", "inputs": {"images": [name, 0], "filename_prefix": name}}
+    outputs = run_ok(comfy_server, graph)["outputs"]
+    pixels = {}
+    for name in ("clean", "stock", "stock_other"):
+        [path] = comfy_server.output_files({"outputs": {name: outputs[f"save_{name}"]}})
+        pixels[name] = np.asarray(Image.open(path)).astype(np.int16)
+    assert pixels["stock"].shape == pixels["clean"].shape == (512, 512, 3)
+    print("max |stock - clean|:", np.abs(pixels["stock"] - pixels["clean"]).max(),
+          "mean |stock_other - clean|:", np.abs(pixels["stock_other"] - pixels["clean"]).mean())
+    # equal up to float rounding, which can tip a value over an 8-bit step (measured: 20 of 786,432 values, by 1)
+    assert np.abs(pixels["stock"] - pixels["clean"]).max() <= 1
+    assert np.abs(pixels["stock_other"] - pixels["clean"]).mean() > 2
