@@ -4,6 +4,7 @@ free loopback port with this pack linked into custom_nodes/, and stopped by its 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -11,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -79,8 +81,10 @@ def make_base_dir(base: Path, pack_folder_name: str, models_dir: Path | None = N
 
 
 class ComfyServer:
-    def __init__(self, base_dir: Path, *, python: str = sys.executable, startup_timeout: float = 180.0):
+    def __init__(self, base_dir: Path, *, python: str = sys.executable, startup_timeout: float = 180.0,
+                 extra_args: tuple[str, ...] = ()):
         self.base_dir = base_dir
+        self.extra_args = tuple(extra_args)
         self.python = python
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -94,7 +98,7 @@ class ComfyServer:
         comfy = comfyui_dir()
         cmd = [self.python, str(comfy / "main.py"), "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
                "--base-directory", str(self.base_dir), "--database-url", "sqlite:///:memory:",
-               "--disable-auto-launch"]
+               "--disable-auto-launch", *self.extra_args]
         env = dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
                    DO_NOT_TRACK="1")
         self._log = open(self.log_path, "w")
@@ -128,6 +132,12 @@ class ComfyServer:
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
+
+    def peak_rss_gib(self) -> float:
+        """The server process's peak resident memory so far (Linux VmHWM), GiB."""
+        with open(f"/proc/{self.process.pid}/status", encoding="utf-8") as f:
+            kib = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+        return kib / 2 ** 20
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -167,6 +177,13 @@ class ComfyServer:
     def run(self, prompt: dict, timeout: float = 300.0) -> dict:
         return self.wait(self.queue(prompt), timeout)
 
+    def run_timed(self, prompt: dict, timeout: float = 300.0) -> tuple[dict, dict[str, float]]:
+        """Run a prompt; (history entry, {node id: seconds}) from the server's websocket 'executing' messages
+        (a node runs from its message to the next one; cached nodes send none)."""
+        with _ExecutingListener(self) as listener:
+            entry = self.run(prompt, timeout)
+        return entry, listener.durations(entry["prompt"][1])
+
     def interrupt(self) -> None:
         requests.post(f"{self.url}/interrupt", timeout=10).raise_for_status()
 
@@ -188,6 +205,48 @@ class ComfyServer:
                 folder = self.base_dir / image.get("type", "output") / image.get("subfolder", "")
                 files.append(folder / image["filename"])
         return files
+
+
+class _ExecutingListener:
+    """Collects (monotonic time, node id) from the websocket of our client id, in a background thread."""
+
+    def __init__(self, server: ComfyServer):
+        self.url = f"ws://127.0.0.1:{server.port}/ws?clientId={server.client_id}"
+        self.events: list[tuple[float, str | None, str]] = []
+        self._connected, self._stop = threading.Event(), threading.Event()
+
+    def __enter__(self) -> "_ExecutingListener":
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._listen()), daemon=True)
+        self._thread.start()
+        if not self._connected.wait(30):
+            raise RuntimeError(f"no websocket connection to {self.url}")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        time.sleep(0.5)  # the last 'executing' (node None) may trail the history entry
+        self._stop.set()
+        self._thread.join(10)
+
+    async def _listen(self) -> None:
+        import aiohttp
+
+        async with aiohttp.ClientSession() as session, session.ws_connect(self.url) as ws:
+            self._connected.set()
+            while not self._stop.is_set():
+                try:
+                    message = await ws.receive(timeout=0.2)
+                except asyncio.TimeoutError:
+                    continue
+                if message.type != aiohttp.WSMsgType.TEXT:
+                    continue
+                body = json.loads(message.data)
+                if body.get("type") == "executing":
+                    data = body["data"]
+                    self.events.append((time.monotonic(), data.get("node"), data.get("prompt_id")))
+
+    def durations(self, prompt_id: str) -> dict[str, float]:
+        events = [(t, node) for t, node, pid in self.events if pid == prompt_id]
+        return {node: round(end - start, 2) for (start, node), (end, _) in zip(events, events[1:]) if node}
 
 
 class PromptRejected(Exception):
