@@ -13,8 +13,9 @@ real sizes. Nothing is downloaded.
 - Marigold normals v1.1 (`prs-eth/marigold-normals-v1-1`): SD 2's UNet with 8 input channels, SD's VAE,
   OpenCLIP-H's text encoder (transformers CLIPTextModel), CLIP's tokenizer, DDIM; float16 weights under
   the plain (non-variant) file names, which are what the pack loads.
-- DWPose: testing/tiny/dwpose.py's ONNX graphs already take and give the real shapes (detector
-  1x3x640x640 -> boxes, pose 1x3x384x288 -> SimCC x/y over 133 keypoints); use `write_tiny_dwpose`.
+- DWPose: testing/tiny/dwpose.py's ONNX graphs already take and give the real names and shapes
+  (yolox_l: "images" 1x3x640x640 -> "output" 1x8400x85; dw-ll_ucoco_384: "input" 1x3x384x288 -> "simcc_x"
+  1x133x576, "simcc_y" 1x133x768), only their compute is tiny; use `write_tiny_dwpose`.
 """
 
 from __future__ import annotations
