@@ -17,14 +17,11 @@ import sys
 
 import torch
 
+from .stage0 import SD2_VAE
 from .weights import meta_spec, spec_of
 
 SDXL_CHECKPOINT = "sd_xl_base_1.0.safetensors"
 SD21_CHECKPOINT = "v2-1_512-ema-pruned.safetensors"
-# diffusers' AutoencoderKL config of SDXL's VAE (stabilityai/sdxl-vae); SD 2.1's has the same layers.
-SD_VAE_CONFIG = dict(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, norm_num_groups=32,
-                     block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
-                     up_block_types=("UpDecoderBlock2D",) * 4, act_fn="silu", sample_size=1024)
 
 
 def comfy_modules(comfyui_dir: str):
@@ -45,7 +42,8 @@ def _meta_unet_and_vae(unet_config: dict):
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
     with torch.device("meta"):
-        return UNet2DConditionModel(**unet_config), AutoencoderKL(**SD_VAE_CONFIG)
+        # SDXL's VAE has SD 2's layers (only its scaling factor, which is not a weight, differs)
+        return UNet2DConditionModel(**unet_config), AutoencoderKL(**SD2_VAE)
 
 
 def _unet_and_vae_spec(model_config, convert, unet_config: dict) -> dict[str, torch.Tensor]:

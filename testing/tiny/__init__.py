@@ -7,6 +7,7 @@ out where the nodes look for the real files.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 
@@ -22,6 +23,22 @@ TINY_NORMALS_NAME = "tiny-marigold-normals"
 # ... also written under the estimator folder names of the public-weights mode.
 PUBLIC_DEPTH_NAME = "Depth-Anything-V2-Small-hf"
 PUBLIC_NORMALS_NAME = "marigold-normals-v1-1"
+
+
+@contextlib.contextmanager
+def seeded_init(seed: int, dtype=None):
+    """Build modules inside this block with seeded random weights, in `dtype` (a torch dtype; None:
+    torch's default) and without touching the caller's random state or default dtype."""
+    import torch
+
+    before = torch.get_default_dtype()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        torch.set_default_dtype(dtype or before)
+        try:
+            yield
+        finally:
+            torch.set_default_dtype(before)
 
 
 def build_models_dir(models_dir: str, *, seed: int = 0) -> dict[str, str]:

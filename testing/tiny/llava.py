@@ -9,7 +9,8 @@ strategy) and `chat_template.json`. Its weights use the original llava-hf key na
 ourselves so the tests load exactly what users download.
 
 Nothing here touches the network: the tokenizer is a hand-made Llama-style BPE (byte fallback,
-"▁" word marker) over printable ASCII plus a few merges.
+"▁" word marker) over printable ASCII plus a few merges. The folder writer, the tokenizer and the LLaVA 1.5
+wiring are shared with the real-size factory (testing/realsize/stage0.py), which only changes the widths.
 """
 
 from __future__ import annotations
@@ -20,12 +21,8 @@ import string
 
 IMAGE_SIZE = 32
 PATCH_SIZE = 8
-IMAGE_TOKENS = (IMAGE_SIZE // PATCH_SIZE) ** 2
 CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
-# As llava-hf's processor_config.json: the CLIP tower adds a CLS token that "default" drops again.
-PROCESSOR_CONFIG = {"image_token": "<image>", "num_additional_image_tokens": 1, "patch_size": PATCH_SIZE,
-                    "processor_class": "LlavaProcessor", "vision_feature_select_strategy": "default"}
 
 # LLaVA 1.5's conversation format: "USER: <image>\n{text} ASSISTANT:" (images before the text).
 CHAT_TEMPLATE = (
@@ -43,34 +40,54 @@ _WORDS = ("the", "a", "and", "in", "of", "with", "is", "person", "man", "woman",
 
 def write_tiny_llava(model_dir: str, seed: int = 0) -> str:
     """Write a tiny LlavaForConditionalGeneration with its processor into `model_dir`; return it."""
+    from transformers import CLIPVisionConfig, LlamaConfig
+
+    tokenizer = llava_tokenizer()
+    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                              image_size=IMAGE_SIZE, patch_size=PATCH_SIZE, projection_dim=32)
+    text = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                       num_key_value_heads=4, vocab_size=padded_vocab_size(tokenizer), max_position_embeddings=1024,
+                       rms_norm_eps=1e-5)
+    model = llava15_model(tokenizer, vision, text, seed=seed)
+    return write_llava_folder(model_dir, model, tokenizer, shards=2)
+
+
+def write_llava_folder(model_dir: str, model, tokenizer, *, shards: int) -> str:
+    """The llava-hf folder of `model` (a LlavaForConditionalGeneration) and `tokenizer`: processor files
+    sized from the model's vision config, chat template, configs and sharded llava-hf weights."""
+    vision = model.config.vision_config
     os.makedirs(model_dir, exist_ok=True)
-    tokenizer = _tiny_tokenizer()
-    model = _tiny_model(tokenizer, seed)
     # One file per part, as llava-hf ships them (newer transformers fold them into processor_config.json).
     tokenizer.save_pretrained(model_dir)
-    _tiny_image_processor().save_pretrained(model_dir)
-    _write_json(os.path.join(model_dir, "processor_config.json"), PROCESSOR_CONFIG)
+    _clip_image_processor(vision.image_size).save_pretrained(model_dir)
+    # As llava-hf's processor_config.json: the CLIP tower adds a CLS token that "default" drops again.
+    _write_json(os.path.join(model_dir, "processor_config.json"),
+                {"image_token": "<image>", "num_additional_image_tokens": 1, "patch_size": vision.patch_size,
+                 "processor_class": "LlavaProcessor", "vision_feature_select_strategy": "default"})
     _write_json(os.path.join(model_dir, "chat_template.json"), {"chat_template": CHAT_TEMPLATE})
     model.config.save_pretrained(model_dir)
     model.generation_config.save_pretrained(model_dir)
-    _write_llava_hf_weights(model.state_dict(), model_dir, shards=2)
+    _write_llava_hf_weights(model.state_dict(), model_dir, shards=shards)
     return model_dir
 
 
-def _tiny_image_processor():
+def _clip_image_processor(image_size: int):
     from transformers import CLIPImageProcessor
 
     return CLIPImageProcessor(
-        size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
+        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size},
         do_center_crop=True, do_convert_rgb=True, image_mean=CLIP_MEAN, image_std=CLIP_STD)
 
 
-def _tiny_tokenizer():
+def llava_tokenizer(base_vocab_size: int | None = None):
+    """The hand-made Llama-style tokenizer. base_vocab_size: pad the vocabulary with pieces no merge
+    reaches up to that size before the added tokens (32000: <image> and <pad> get the real ids 32000
+    and 32001); None: no padding."""
     from tokenizers import AddedToken, Tokenizer, decoders, pre_tokenizers, processors
     from tokenizers.models import BPE
     from transformers import LlamaTokenizerFast
 
-    vocab, merges = _llama_style_vocab()
+    vocab, merges = _llama_style_vocab(base_vocab_size)
     backend = Tokenizer(BPE(vocab=vocab, merges=merges, unk_token="<unk>", fuse_unk=True, byte_fallback=True))
     backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first", split=False)
     backend.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
@@ -85,8 +102,9 @@ def _tiny_tokenizer():
                               padding_side="left", model_max_length=4096)
 
 
-def _llama_style_vocab() -> tuple[dict[str, int], list[tuple[str, str]]]:
-    """Llama's layout: <unk>, <s>, </s>, 256 byte tokens, then pieces (here: characters and merges)."""
+def _llama_style_vocab(size: int | None = None) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """Llama's layout: <unk>, <s>, </s>, 256 byte tokens, then pieces (here: characters and merges, then
+    up to `size` filler words "▁w<id>" that no merge builds, so tokenizing never yields them)."""
     pieces = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)]
     pieces += ["▁"] + [c for c in string.printable if not c.isspace()]
     merges: list[tuple[str, str]] = []
@@ -97,30 +115,37 @@ def _llama_style_vocab() -> tuple[dict[str, int], list[tuple[str, str]]]:
                 merges.append((merged, char))
                 pieces.append(merged + char)
             merged += char
+    pieces += [f"▁w{index}" for index in range(len(pieces), size or 0)]
     return {piece: i for i, piece in enumerate(pieces)}, merges
 
 
-def _tiny_model(tokenizer, seed: int):
-    import torch
-    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+def padded_vocab_size(tokenizer) -> int:
+    """The tokenizer's size rounded up to a multiple of 64, as the real model pads it (32002 -> 32064)."""
+    return -(-len(tokenizer) // 64) * 64
 
-    vocab_size = -(-len(tokenizer) // 64) * 64  # the real model pads its vocabulary to a multiple of 64 too
-    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                              image_size=IMAGE_SIZE, patch_size=PATCH_SIZE, projection_dim=32)
-    text = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                       num_key_value_heads=4, vocab_size=vocab_size, max_position_embeddings=1024,
-                       bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                       pad_token_id=tokenizer.pad_token_id, rms_norm_eps=1e-5)
+
+def llava15_model(tokenizer, vision, text, *, seed: int, dtype=None):
+    """A seeded LlavaForConditionalGeneration wired as LLaVA 1.5 (vision feature layer -2, "default"
+    strategy, one image token per patch) from a CLIPVisionConfig and a LlamaConfig, with the tokenizer's
+    special ids; built in `dtype` (None: torch's default)."""
+    from transformers import LlavaConfig, LlavaForConditionalGeneration
+
+    from . import seeded_init
+
+    text.bos_token_id, text.eos_token_id = tokenizer.bos_token_id, tokenizer.eos_token_id
+    text.pad_token_id = tokenizer.pad_token_id
     config = LlavaConfig(vision_config=vision, text_config=text,
                          image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
-                         image_seq_length=IMAGE_TOKENS, pad_token_id=tokenizer.pad_token_id,
-                         vision_feature_layer=-2, vision_feature_select_strategy="default")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+                         image_seq_length=(vision.image_size // vision.patch_size) ** 2,
+                         pad_token_id=tokenizer.pad_token_id, vision_feature_layer=-2,
+                         vision_feature_select_strategy="default")
+    with seeded_init(seed, dtype):
         model = LlavaForConditionalGeneration(config).eval()
     model.generation_config.bos_token_id = tokenizer.bos_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
+    if dtype is not None:
+        model.config.dtype = dtype  # config.json then names the weights' dtype, as llava-hf's does
     return model
 
 

@@ -32,12 +32,12 @@ def write_tiny_sd21_components(folder: str, *, context_dim: int = 32, seed: int 
     import torch
 
     os.makedirs(folder, exist_ok=True)
-    vocab = _write_tokenizer(os.path.join(folder, "tokenizer"))
+    vocab = write_tiny_clip_tokenizer(os.path.join(folder, "tokenizer"))
     with torch.random.fork_rng(devices=[]):  # seeded weights without touching the caller's RNG
         torch.manual_seed(seed)
         vae, text_encoder = _tiny_vae(), _tiny_text_encoder(vocab, context_dim)
     vae.save_pretrained(os.path.join(folder, "vae"), safe_serialization=True)
-    _write_text_encoder(text_encoder, os.path.join(folder, "text_encoder"))
+    write_text_encoder(text_encoder, os.path.join(folder, "text_encoder"))
     return folder
 
 
@@ -60,7 +60,7 @@ def _tiny_text_encoder(vocab: dict[str, int], context_dim: int):
     return CLIPTextModel(config).eval()
 
 
-def _write_text_encoder(model, directory: str) -> None:
+def write_text_encoder(model, directory: str) -> None:
     """config.json + model.safetensors with the real file's key names (`text_model.embeddings...`):
     transformers 5 saves CLIPTextModel without the `text_model.` prefix and adds it back on load, but
     the public SD 2.1 file has it, and that is what users load."""
@@ -85,7 +85,9 @@ def byte_alphabet() -> list[str]:
     return [chr(c) for c in chars]
 
 
-def _write_tokenizer(directory: str) -> dict[str, int]:
+def write_tiny_clip_tokenizer(directory: str) -> dict[str, int]:
+    """A CLIP byte-level BPE over the 256 byte characters plus a few merges (vocab.json, merges.txt and
+    SD 2.x's tokenizer configs) in `directory`; return its vocabulary."""
     alphabet = byte_alphabet()
     tokens = alphabet + [c + "</w>" for c in alphabet] + [m.replace(" ", "") for m in _MERGES]
     tokens += ["<|startoftext|>", "<|endoftext|>"]
@@ -94,13 +96,19 @@ def _write_tokenizer(directory: str) -> dict[str, int]:
     _write_json(os.path.join(directory, "vocab.json"), vocab)
     with open(os.path.join(directory, "merges.txt"), "w", encoding="utf-8") as f:
         f.write("#version: 0.2\n" + "\n".join(_MERGES) + "\n")
+    write_tokenizer_config(directory)
+    return vocab
+
+
+def write_tokenizer_config(directory: str) -> None:
+    """SD 2.x's `special_tokens_map.json` and `tokenizer_config.json` (CLIPTokenizer, 77 tokens, padded
+    with "!") beside a `vocab.json` and `merges.txt`."""
     special = {"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>",
                "pad_token": "!"}
     _write_json(os.path.join(directory, "special_tokens_map.json"), special)
     _write_json(os.path.join(directory, "tokenizer_config.json"),
                 {**special, "tokenizer_class": "CLIPTokenizer", "model_max_length": MAX_TOKENS,
                  "do_lower_case": True, "errors": "replace", "add_prefix_space": False})
-    return vocab
 
 
 def _write_json(path: str, data: dict) -> None:
