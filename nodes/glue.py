@@ -23,7 +23,8 @@ def running_inside_comfyui() -> bool:
 
 AUTO_DOWNLOAD_TOOLTIP = ("Off (default): a missing model file stops the run with a message saying where to put it. "
                          "On: missing known files are downloaded from Hugging Face into the right ComfyUI models folder.")
-COMFY_DTYPE_TOOLTIP = "auto: what ComfyUI picks for your GPU (fp16/bf16), float32 on CPU."
+COMFY_DTYPE_TOOLTIP = ("auto: what ComfyUI picks for its own UNet: fp16/bf16 on your GPU, float32 on CPU, or what "
+                       "its --fp16-unet / --bf16-unet / --fp32-unet flag says.")
 
 
 def auto_download_input(tooltip: str = AUTO_DOWNLOAD_TOOLTIP) -> tuple:
@@ -200,8 +201,12 @@ class on_compute_device:
 
 
 def preferred_dtype(choice: str = "auto"):
-    """The dtype a diffusion network should run in: the user's choice, or for "auto" what ComfyUI
-    would pick for the compute device (fp16/bf16 on GPUs that support it, float32 on the CPU)."""
+    """The dtype a diffusion network should run in: the user's choice, or for "auto" what ComfyUI picks for
+    its own UNet on the compute device (fp16/bf16 on GPUs that support it, float32 on the CPU), its
+    --fp16-unet / --bf16-unet / --fp32-unet flags included: a CPU user short of RAM starts ComfyUI with
+    --bf16-unet and our networks halve with SDXL's. Its fp8 storage flags do not apply to our modules."""
+    import torch
+
     from ..models.devices import auto_dtype, named_dtype
 
     if choice != "auto":
@@ -209,6 +214,9 @@ def preferred_dtype(choice: str = "auto"):
     import comfy.model_management as mm
 
     device = mm.get_torch_device()
+    chosen = mm.unet_dtype(device, supported_dtypes=[torch.float16, torch.bfloat16, torch.float32])
+    if chosen in (torch.float16, torch.bfloat16, torch.float32):
+        return chosen
     return auto_dtype(fp16=mm.should_use_fp16(device), bf16=mm.should_use_bf16(device))
 
 
