@@ -3,7 +3,9 @@ they were converted from: the same networks, outputs equal bit for bit; ComfyUI'
 own token ids; files of another layout are refused, saying what they are.
 
 The single files are the tiny folders converted by ComfyUI's own converters (tests/single_files.py), loaded
-with the tiny folders' configs (the loaders' defaults are the released models' sizes).
+with the tiny folders' configs. The loaders' defaults are the released models' sizes: the released layout,
+written the same way from networks of those sizes on the meta device (names and shapes, no weights), loads with
+them into networks of the released parameter counts; the text towers' sizes are ComfyUI's own.
 """
 
 from __future__ import annotations
@@ -164,3 +166,32 @@ def test_default_text_encoder_sizes_are_comfyuis(tiny_single_files):
         config = json.loads(theirs.read_text())
         assert {k: ours[k] for k in sizes} == {k: config[k] for k in sizes}, theirs.name
         assert ours["num_hidden_layers"] + extra_layers == config["num_hidden_layers"], theirs.name
+
+
+def test_the_released_layouts_load_with_the_default_configs(tmp_path, monkeypatch):
+    """The released files' layout as ComfyUI writes it, at full size but without weights (key names and shapes,
+    meta tensors): the loaders' defaults take every tensor of it and build networks of the released sizes."""
+    from comfy_harness import comfyui_dir
+    from single_files import released_layouts
+
+    from comfyui_diffbody.models import single_file
+
+    layouts = released_layouts(tmp_path)
+    assert layouts["comfy_transformer_depth"] == [0, 0, 2, 2, 10, 10]  # ComfyUI takes the default UNet for SDXL's
+    served = {}
+    monkeypatch.setattr(single_file, "read_safetensors_header", lambda path, expected=None: ({}, list(served)))
+    monkeypatch.setattr(single_file, "read_safetensors", lambda path, prefix="", expected=None: {
+        k[len(prefix):]: torch.empty(shape, dtype=getattr(torch, dtype), device="meta")
+        for k, (shape, dtype) in served.items() if k.startswith(prefix)})
+    tokenizers = str(comfyui_dir() / "comfy" / "sd1_tokenizer")
+    path = tmp_path / "sd_xl_base_1.0.safetensors"
+    path.write_bytes(b"")
+    served.update(layouts["sdxl"])
+    unet, vae, text = load_sdxl_single_file(str(path), tokenizer_source=tokenizers, device="meta")
+    counts = [sum(p.numel() for p in net.parameters()) for net in (unet, vae, *text.encoders)]
+    assert counts == [2_567_463_684, 83_653_863, 123_060_480, 694_659_840]
+    served.clear()
+    served.update(layouts["sd21"])
+    components = load_sd21_single_file(str(path), tokenizer_source=tokenizers, device="meta")
+    assert components.text_encoder.text_encoder.config.num_hidden_layers == 23
+    assert sum(p.numel() for p in components.text_encoder.text_encoder.parameters()) == 340_387_840
