@@ -1,6 +1,6 @@
-"""Original single-file SDXL and SD 2.1-base checkpoints written with ComfyUI's own converters, for
-tests/test_single_file.py and tests/test_cli.py: the tiny diffusers folders as tiny single files, and the layout
-(key names and shapes, no weights) of the released-size files.
+"""Original single-file SDXL and SD 2.1-base checkpoints for tests/test_single_file.py and tests/test_cli.py: the
+tiny diffusers folders as tiny single files written with ComfyUI's own converters, and the layout (key names and
+shapes, no weights) of the released-size files from the real-size fixture factory.
 
 ComfyUI saves a checkpoint the way these are written (comfy/supported_models.py, process_*_state_dict_for_saving):
 - UNet: `model.diffusion_model.` + comfy.utils.unet_to_diffusers' key map (SDXL; SD 2.1's UNet, which no
@@ -33,7 +33,7 @@ comfy.options.enable_args_parsing(False)
 import comfy.cli_args
 comfy.cli_args.args.cpu = True
 import comfy.diffusers_convert as convert
-import comfy.model_detection, comfy.sdxl_clip, comfy.text_encoders.sd2_clip, comfy.utils
+import comfy.sdxl_clip, comfy.text_encoders.sd2_clip, comfy.utils
 from comfyui_diffbody.testing.tiny.stage1 import ldm_unet_state_dict
 
 
@@ -66,10 +66,9 @@ def sd21_file(unet, vae, vit_h, config, generator):
     ldm.update({"first_stage_model." + k: v for k, v in convert.convert_vae_state_dict(vae).items()})
     vit_h = text_model(vit_h)
     last = config["num_hidden_layers"]
-    vit_h.update({k.replace("layers.0.", f"layers.{last}."): torch.randn(v.shape, generator=generator, device=v.device)
+    vit_h.update({k.replace("layers.0.", f"layers.{last}."): torch.randn(v.shape, generator=generator)
                   for k, v in vit_h.items() if ".layers.0." in k})
-    vit_h["text_projection.weight"] = torch.randn(config["hidden_size"], config["hidden_size"], generator=generator,
-                                                  device=vit_h["text_model.final_layer_norm.weight"].device)
+    vit_h["text_projection.weight"] = torch.randn(config["hidden_size"], config["hidden_size"], generator=generator)
     ldm.update(open_clip(vit_h, "cond_stage_model.model."))
     ldm["cond_stage_model.model.logit_scale"] = torch.tensor(4.6052)
     return ldm
@@ -112,27 +111,16 @@ for prompt in prompts:
 print("RESULT " + json.dumps(result))
 '''
 
-# The released sizes (the loaders' default configs), on the meta device: key names and shapes only.
-REAL_LAYOUT = CONVERT + r'''
-from diffusers import AutoencoderKL, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
-from comfyui_diffbody.models.joint_unet import JointUNetConfig
-from comfyui_diffbody.models import single_file as released
+# The released files' layout as the real-size fixture factory writes them, ComfyUI saving its own SDXL and SD 2.x
+# models (comfyui_diffbody.testing.realsize.checkpoints): key names, shapes and dtypes, no values.
+REAL_LAYOUT = r'''
+import json, sys
+from comfyui_diffbody.testing.realsize.checkpoints import sd21_checkpoint_spec, sdxl_checkpoint_spec
 
-with torch.device("meta"):
-    unet = UNet2DConditionModel(**released.SDXL_UNET_CONFIG)
-    parts = [AutoencoderKL(**released.SDXL_VAE_CONFIG).state_dict(),
-             CLIPTextModel(CLIPTextConfig(**released.SDXL_TEXT_ENCODER_CONFIG)).state_dict(),
-             CLIPTextModelWithProjection(CLIPTextConfig(**released.SDXL_TEXT_ENCODER_2_CONFIG)).state_dict()]
-    comfy_config = comfy.model_detection.unet_config_from_diffusers_unet(unet.state_dict())
-    sdxl = sdxl_file(unet.state_dict(), comfy_config, *parts)
-    sd21_unet = UNet2DConditionModel(**JointUNetConfig.sd21_base().to_diffusers_unet_config())
-    vit_h = CLIPTextModel(CLIPTextConfig(**released.SD21_TEXT_ENCODER_CONFIG)).state_dict()
-    sd21 = sd21_file(sd21_unet, AutoencoderKL(**released.SD21_VAE_CONFIG).state_dict(), vit_h,
-                     released.SD21_TEXT_ENCODER_CONFIG, None)
-shapes = lambda ldm: {k: [list(v.shape), str(v.dtype).removeprefix("torch.")] for k, v in ldm.items()}
-print("RESULT " + json.dumps({"sdxl": shapes(sdxl), "sd21": shapes(sd21),
-                              "comfy_transformer_depth": comfy_config["transformer_depth"]}))
+comfy_dir = sys.argv[1]
+shapes = lambda spec: {k: [list(v.shape), str(v.dtype).removeprefix("torch.")] for k, v in spec.items()}
+print("RESULT " + json.dumps({"sdxl": shapes(sdxl_checkpoint_spec(comfy_dir)),
+                              "sd21": shapes(sd21_checkpoint_spec(comfy_dir))}))
 '''
 
 
@@ -145,8 +133,8 @@ def write_tiny_single_files(models_dir: Path, work: Path) -> dict:
 
 
 def released_layouts(work: Path) -> dict:
-    """{"sdxl"|"sd21": {key: [shape, dtype]}}: the released checkpoints' layout as ComfyUI writes it, from
-    networks of the loaders' default (released) sizes."""
+    """{"sdxl"|"sd21": {key: [shape, dtype]}}: the released checkpoints' layout as ComfyUI saves them (the
+    real-size fixture factory's, testing/realsize/checkpoints.py)."""
     from comfy_harness import run_comfy_script
 
     return run_comfy_script(REAL_LAYOUT, work, label="released layouts (keys)")
