@@ -46,7 +46,7 @@ SDXL_VAE_CONFIG: dict[str, Any] = {
 # stabilityai/stable-diffusion-2-1-base vae/config.json (no scaling_factor there: diffusers' default 0.18215)
 SD21_VAE_CONFIG: dict[str, Any] = {**SDXL_VAE_CONFIG, "sample_size": 768, "scaling_factor": 0.18215}
 _CLIP_TEXT_COMMON = {"vocab_size": 49408, "max_position_embeddings": 77, "layer_norm_eps": 1e-05,
-                     "bos_token_id": 0, "eos_token_id": 2, "pad_token_id": 1, "attention_dropout": 0.0, "dropout": 0.0}
+                     "bos_token_id": 0, "eos_token_id": 2, "pad_token_id": 1}
 # text_encoder/config.json of SDXL base (CLIP ViT-L/14's text tower, CLIPTextModel)
 SDXL_TEXT_ENCODER_CONFIG: dict[str, Any] = {
     **_CLIP_TEXT_COMMON, "hidden_act": "quick_gelu", "hidden_size": 768, "intermediate_size": 3072,
