@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -59,6 +60,17 @@ def build_parser() -> argparse.ArgumentParser:
     restore.add_argument("--no-recaption", action="store_true",
                          help="keep stage 0's caption for stage 2 instead of re-captioning I_res (the paper's)")
     restore.add_argument("--caption-model", default="llava-1.5-7b-hf", help="LLaVA folder in LLM/")
+    restore.add_argument("--sdxl", default=None,
+                         help="SDXL base: a diffusers folder in diffusers/, a single file in checkpoints/ or a path "
+                              f"(default: {DIFFUSION_FILES['sdxl'][0]} in diffusers/, else {SINGLE_FILES['sdxl']} "
+                              "in checkpoints/)")
+    restore.add_argument("--sd21", default=None,
+                         help="SD 2.1-base (stage 1's VAE and text encoder), found like --sdxl (default: "
+                              f"{DIFFUSION_FILES['sd21'][0]} in diffusers/, else {SINGLE_FILES['sd21']} in checkpoints/)")
+    restore.add_argument("--clip-tokenizer", type=Path, default=None,
+                         help="single-file checkpoints hold no tokenizer: a folder with CLIP's vocab.json and "
+                              "merges.txt, or a diffusers folder (default: ComfyUI's comfy/sd1_tokenizer/ of the "
+                              "ComfyUI the pack is installed in, or of $DIFFBODY_COMFYUI_DIR)")
     restore.add_argument("--depth-model", default=PUBLIC_DEPTH_MODEL,
                          help="public mode: depth estimator folder in diffbody/priors/ (Depth-Anything-V2-{Small,"
                               "Base,Large}-hf, dpt-hybrid-midas; Small is the Apache-2.0 one)")
@@ -117,6 +129,9 @@ DIFFUSION_FILES = {
     "colour_adapter": ("diffbody_colour_adapter.safetensors", None, "ipadapter"),
     "clip_vision": ("CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors", "tiny_clip_vision.safetensors", "clip_vision"),
 }
+# The two Stable Diffusion models are also taken as the single file ComfyUI loads from checkpoints/, when their
+# diffusers folder is absent: role -> that file's public name.
+SINGLE_FILES = {"sd21": "v2-1_512-ema-pruned.safetensors", "sdxl": "sd_xl_base_1.0.safetensors"}
 # --mode public: every file has a public source (the depth/normal estimators are added from the options).
 PUBLIC_FILES = {
     "sdxl": DIFFUSION_FILES["sdxl"],
@@ -126,8 +141,9 @@ PUBLIC_FILES = {
 }
 
 
-def diffusion_files(args) -> dict[str, tuple[str, str]]:
-    """role -> (file name, folder) of the files after stage 0; the tiny factory's names with --tiny."""
+def diffusion_files(args) -> dict:
+    """role -> (file name, folder), or files.Alternatives for SD 2.1 and SDXL, of the files after stage 0; the
+    tiny factory's names with --tiny."""
     if args.stage0_only:
         return {}
     table = dict(DIFFUSION_FILES)
@@ -135,13 +151,33 @@ def diffusion_files(args) -> dict[str, tuple[str, str]]:
         table = dict(PUBLIC_FILES, depth_model=(args.depth_model, None, "diffbody_priors"))
         if args.normal_source != FROM_DEPTH:
             table["normal_model"] = (args.normal_source, None, "diffbody_priors")
-    return {role: ((tiny if args.tiny and tiny else real), folder) for role, (real, tiny, folder) in table.items()}
+    entries = {role: ((tiny if args.tiny and tiny else real), folder) for role, (real, tiny, folder) in table.items()}
+    for role in [role for role in SINGLE_FILES if role in entries]:
+        entries[role] = checkpoint_entry(args, role, entries[role])
+    return entries
 
 
+def checkpoint_entry(args, role: str, default: tuple[str, str]):
+    """SD 2.1's or SDXL's entry: --sd21/--sdxl (a name in diffusers/ or checkpoints/, or a path), else the
+    diffusers folder, then the single file (with --tiny: the tiny factory's folder)."""
+    from .models.files import Alternatives
+
+    given = getattr(args, role)
+    if given is not None:
+        name = str(Path(given).resolve()) if Path(given).exists() else given  # a path: found wherever it is
+        return Alternatives(((name, "diffusers"), (name, "checkpoints")))
+    if args.tiny:
+        return default
+    return Alternatives((default, (SINGLE_FILES[role], "checkpoints")))
 
 
-def required_files(args) -> list[tuple[str, str]]:
-    """(file name, folder) of every model file the chosen options need."""
+def entry_name(entry) -> str:
+    """The name a diffusion_files entry resolves under."""
+    return entry[0] if isinstance(entry, tuple) else entry.name
+
+
+def required_files(args) -> list:
+    """(file name, folder), or files.Alternatives, of every model file the chosen options need."""
     from .pipelines.pose.backends import MODEL_FILES
 
     needed = [(args.swinir, "upscale_models")]
@@ -179,27 +215,60 @@ def check_choices(args) -> None:
             raise SystemExit(f"error: {option} must be from 1 to 1000, got {steps}")
 
 
-def model_paths(args, paths: dict[str, str]):
+def model_paths(args, paths: dict[str, str], models_dir: Path):
     from .pipelines.pose.backends import MODEL_FILES
     from .pipelines.restore import ModelPaths
 
-    diffusion = {role: paths[name] for role, (name, _) in diffusion_files(args).items()}
+    diffusion = {role: paths[entry_name(entry)] for role, entry in diffusion_files(args).items()}
     return ModelPaths(swinir=paths[args.swinir], pose_backend=args.pose_backend,
                       pose_files={role: paths[name] for role, name in MODEL_FILES[args.pose_backend].items() if name},
-                      llava=None if args.no_caption else paths[args.caption_model], **diffusion)
+                      llava=None if args.no_caption else paths[args.caption_model], **diffusion,
+                      **clip_tokenizer_sources(args, models_dir, diffusion))
 
 
-def network_configs(args) -> dict[str, dict]:
-    """With --tiny, the shapes of the tiny single files, which are not ViT-H-14's and SDXL's (restore_images'
-    network_configs); none otherwise."""
+def clip_tokenizer_sources(args, models_dir: Path, diffusion: dict[str, str]) -> dict[str, str]:
+    """ModelPaths' sd21_tokenizer / sdxl_tokenizer for each single-file checkpoint: with --tiny the tiny factory's
+    folder of that model (its tiny vocabulary), else --clip-tokenizer, else CLIP's files where models/files.py
+    finds them; print where to put them and exit 2 when they are nowhere."""
+    from .models.files import clip_tokenizer_dirs, default_dir, find_clip_tokenizer, missing_clip_tokenizer_message
+
+    sources = {}
+    for role in [role for role in SINGLE_FILES if role in diffusion]:
+        if os.path.isdir(diffusion[role]):
+            continue
+        if args.tiny:
+            source = os.path.join(default_dir(str(models_dir), "diffusers"), DIFFUSION_FILES[role][1])
+        else:
+            searched = [str(args.clip_tokenizer)] if args.clip_tokenizer else clip_tokenizer_dirs(models_dir)
+            source = find_clip_tokenizer(searched) or _diffusers_tokenizers(args.clip_tokenizer)
+            if source is None:
+                print(missing_clip_tokenizer_message(diffusion[role], searched), file=sys.stderr)
+                raise SystemExit(2)
+        sources[f"{role}_tokenizer"] = source
+    return sources
+
+
+def _diffusers_tokenizers(folder: Path | None) -> str | None:
+    """--clip-tokenizer naming a diffusers folder (its tokenizer/ sub-folders are used as they are)."""
+    return str(folder) if folder is not None and (folder / "tokenizer").is_dir() else None
+
+
+def network_configs(args, models_dir: Path) -> dict[str, dict]:
+    """With --tiny, the shapes of the tiny single files, which are not ViT-H-14's, SDXL's and SD 2.1's
+    (restore_images' network_configs; a single SDXL or SD 2.1 file given with --sdxl/--sd21 holds the tiny
+    factory's folder's networks); none otherwise."""
     configs = {}
     if args.tiny and not args.stage0_only:
+        from .models.single_file import SD21_CONFIGS, SDXL_CONFIGS, diffusers_folder_configs
         from .testing.tiny.stage2 import tiny_clip_vision_kwargs
         from .testing.tiny.union import tiny_union_config
 
         configs["clip_vision"] = tiny_clip_vision_kwargs()
         if args.mode == "public":
             configs["union_controlnet"] = tiny_union_config()
+        for role, parts in (("sdxl", tuple(SDXL_CONFIGS)), ("sd21", tuple(SD21_CONFIGS))):
+            folder = os.path.join(models_dir, "diffusers", DIFFUSION_FILES[role][1])
+            configs[role] = diffusers_folder_configs(folder, parts)
     return configs
 
 
@@ -287,11 +356,11 @@ def restore(args) -> int:
             print("--tiny: a plumbing check on tiny random weights; the output is noise, not a restoration.")
             build_models_dir(tiny_dir)
         models_dir = Path(tiny_dir) if args.tiny else (args.models_dir or default_models_dir())
-        models = model_paths(args, resolve_files(args, models_dir))
+        models = model_paths(args, resolve_files(args, models_dir), models_dir)
         device = pick_device(args.device)
         images = [uint8_to_chw(np.asarray(Image.open(p).convert("RGB"))).unsqueeze(0) for p in image_paths]
         results = restore_images(images, models, restore_options(args, device),
-                                 network_configs=network_configs(args))
+                                 network_configs=network_configs(args, models_dir))
     args.out.mkdir(parents=True, exist_ok=True)
     for path, result in zip(image_paths, results):
         save_results(result, args.out / path.stem, args.save_priors, args.stage0_only)

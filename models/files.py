@@ -97,7 +97,7 @@ KNOWN_FILES: dict[str, ModelFile] = {
         ModelFile("stable-diffusion-2-1-base", "diffusers", "stabilityai/stable-diffusion-2-1-base", is_dir=True,
                   description="SD 2.1-base in diffusers layout (stage 1's VAE and text encoder outside ComfyUI)"),
         ModelFile("v2-1_512-ema-pruned.safetensors", "checkpoints", "stabilityai/stable-diffusion-2-1-base",
-                  description="SD 2.1-base single file (stage 1's VAE and CLIP in ComfyUI; stage-1 initialisation)"),
+                  description="SD 2.1-base single file (stage 1's VAE and CLIP; stage-1 initialisation)"),
         # DiffBody's own weights: no public release (see the README's training section).
         ModelFile("diffbody_stage1_unet.safetensors", "diffbody", "",
                   description="DiffBody stage-1 joint UNet (DiffBody layout)"),
@@ -116,7 +116,7 @@ KNOWN_FILES: dict[str, ModelFile] = {
         ModelFile("stable-diffusion-xl-base-1.0", "diffusers", "stabilityai/stable-diffusion-xl-base-1.0", is_dir=True,
                   description="SDXL 1.0 base in diffusers layout (stage 2 outside ComfyUI)"),
         ModelFile("sd_xl_base_1.0.safetensors", "checkpoints", "stabilityai/stable-diffusion-xl-base-1.0",
-                  description="SDXL 1.0 base (stage 2)"),
+                  description="SDXL 1.0 base single file (stage 2)"),
         ModelFile("controlnet-union-sdxl-1.0.safetensors", "controlnet", "xinsir/controlnet-union-sdxl-1.0",
                   "diffusion_pytorch_model_promax.safetensors",
                   description="ControlNet-Union SDXL (public-weights mode stage 2)"),
@@ -230,24 +230,105 @@ def default_models_dir() -> Path:
     return Path.home() / "ComfyUI" / "models"
 
 
+@dataclass(frozen=True)
+class Alternatives:
+    """One model in any of several forms, tried in order (a diffusers folder, then the single file ComfyUI loads
+    from checkpoints/): the first one found is used. It resolves under its first name."""
+
+    options: tuple[tuple[str, str], ...]  # (file name, folder)
+
+    @property
+    def name(self) -> str:
+        return self.options[0][0]
+
+
 def resolve_model_files(wanted, models_dir: Path, *, download_missing: bool, hint: str = "") -> dict[str, str]:
-    """{file name: path} for (file name, folder) pairs in a ComfyUI-style models folder, for the command
-    lines (the nodes resolve through ComfyUI's folder_paths), downloading the public ones when asked.
-    With missing files, raise MissingModelFiles listing each with where to get it; `hint` names the
-    caller's own way around a missing file, before the common ones."""
+    """{file name: path} for (file name, folder) pairs and Alternatives (under their first name) in a
+    ComfyUI-style models folder, for the command lines (the nodes resolve through ComfyUI's folder_paths),
+    downloading the public ones when asked (an Alternatives' first downloadable form). With missing files, raise
+    MissingModelFiles listing each with where to get it; `hint` names the caller's own way around a missing
+    file, before the common ones."""
     paths, missing = {}, []
-    for name, folder in wanted:
-        directory = default_dir(str(models_dir), folder)
-        path = find_file(name, [directory])
-        if path is None and download_missing and name in KNOWN_FILES and KNOWN_FILES[name].downloadable:
-            path = download(name, directory)
+    for item in wanted:
+        options = item.options if isinstance(item, Alternatives) else (tuple(item),)
+        path = _find_first(options, models_dir, download_missing)
         if path is None:
-            missing.append(missing_message(name, folder, [directory], fetch_hint=COMMAND_LINE_FETCH_HINT))
+            missing.append(_missing_options_message(options, models_dir))
         else:
-            paths[name] = path
+            paths[options[0][0]] = path
     if missing:
         raise MissingModelFiles(
             f"Missing model files ({len(missing)}); models folder: {models_dir}\n\n" + "\n\n".join(missing)
             + f"\n\nPass --models-dir if your ComfyUI models folder is elsewhere; {hint}--tiny runs a plumbing "
               "check on tiny random weights.", missing)
     return paths
+
+
+def _find_first(options: tuple[tuple[str, str], ...], models_dir: Path, download_missing: bool) -> str | None:
+    for name, folder in options:
+        path = find_file(name, [default_dir(str(models_dir), folder)])
+        if path is not None:
+            return path
+    for name, folder in options if download_missing else ():
+        if name in KNOWN_FILES and KNOWN_FILES[name].downloadable:
+            return download(name, default_dir(str(models_dir), folder))
+    return None
+
+
+def _missing_options_message(options: tuple[tuple[str, str], ...], models_dir: Path) -> str:
+    if len(options) == 1:
+        name, folder = options[0]
+        return missing_message(name, folder, [default_dir(str(models_dir), folder)], fetch_hint=COMMAND_LINE_FETCH_HINT)
+    lines = [f"DiffBody: model '{options[0][0]}' was not found in any of its forms; put one of them in place:"]
+    for name, folder in options:
+        known = KNOWN_FILES.get(name)
+        lines.append(f"  - '{name}' in {default_dir(str(models_dir), folder)}"
+                     + (f"  [{known.description}]" if known is not None else ""))
+        if known is not None and known.downloadable:
+            lines.append(f"    Download {'the whole folder' if known.is_dir else 'it'} from: {known.url}")
+    if any(name in KNOWN_FILES and KNOWN_FILES[name].downloadable for name, _ in options):
+        lines.append("Or pass --download to fetch the first of them.")
+    return "\n".join(lines)
+
+
+# ---- CLIP tokenizer files (single-file checkpoints hold none) -----------------------------------------------
+
+# CLIP's BPE files: every Stable Diffusion (1.x, 2.x, XL) CLIP tokenizer reads these two; ComfyUI ships them in
+# comfy/sd1_tokenizer/, and a diffusers folder's tokenizer/ holds them too.
+CLIP_TOKENIZER_FILES = ("vocab.json", "merges.txt")
+_TOKENIZER_FOLDERS = ("stable-diffusion-xl-base-1.0", "stable-diffusion-2-1-base")
+
+
+def comfyui_dirs() -> list[Path]:
+    """The ComfyUI folders the pack knows of: the one it is installed in (ComfyUI/custom_nodes/<pack>), then
+    $DIFFBODY_COMFYUI_DIR."""
+    found = [PACK_ROOT.parent.parent] if PACK_ROOT.parent.name == "custom_nodes" else []
+    if os.environ.get("DIFFBODY_COMFYUI_DIR"):
+        found.append(Path(os.environ["DIFFBODY_COMFYUI_DIR"]))
+    return found
+
+
+def clip_tokenizer_dirs(models_dir: "str | Path | None" = None) -> list[str]:
+    """Where CLIP's tokenizer files are looked for, in order: comfy/sd1_tokenizer/ of those ComfyUI folders, then
+    the tokenizer/ of the Stable Diffusion diffusers folders in `models_dir`."""
+    dirs = [str(d / "comfy" / "sd1_tokenizer") for d in comfyui_dirs()]
+    if models_dir is not None:
+        dirs += [os.path.join(default_dir(str(models_dir), "diffusers"), name, "tokenizer") for name in _TOKENIZER_FOLDERS]
+    return dirs
+
+
+def find_clip_tokenizer(search_dirs: list[str]) -> str | None:
+    """The first of `search_dirs` holding both CLIP tokenizer files."""
+    for d in search_dirs:
+        if all(os.path.isfile(os.path.join(d, name)) for name in CLIP_TOKENIZER_FILES):
+            return d
+    return None
+
+
+def missing_clip_tokenizer_message(checkpoint: str, searched: list[str]) -> str:
+    return (f"DiffBody: '{os.path.basename(checkpoint)}' is a single-file checkpoint, which holds no tokenizer, and "
+            f"CLIP's tokenizer files ({' and '.join(CLIP_TOKENIZER_FILES)}) were not found.\n"
+            f"Looked in: {', '.join(searched) if searched else '(nowhere: the pack is not inside a ComfyUI folder)'}\n"
+            "ComfyUI ships them in ComfyUI/comfy/sd1_tokenizer/: install the pack in ComfyUI/custom_nodes/, or set "
+            "DIFFBODY_COMFYUI_DIR to your ComfyUI folder, or name a folder holding them (the command line's "
+            "--clip-tokenizer; e.g. the tokenizer/ folder of https://huggingface.co/stabilityai/stable-diffusion-xl-base-1.0).")

@@ -42,10 +42,10 @@ class ModelPaths:
     pose_backend: str
     pose_files: dict[str, str]  # role -> path, as pipelines.pose.backends.make_estimator takes them
     llava: str | None = None  # None: no captioning (empty prompts)
-    sd21: str | None = None  # diffusers SD 2.1-base folder (stage 1's VAE and text encoder)
+    sd21: str | None = None  # SD 2.1-base diffusers folder or single file (stage 1's VAE and text encoder)
     stage1_unet: str | None = None
     stage1_controlnet: str | None = None
-    sdxl: str | None = None  # diffusers SDXL base folder
+    sdxl: str | None = None  # SDXL base diffusers folder or single file
     stage2_controlnet: str | None = None
     colour_adapter: str | None = None  # public mode: ip-adapter-plus_sdxl_vit-h.safetensors
     clip_vision: str | None = None
@@ -53,6 +53,10 @@ class ModelPaths:
     union_controlnet: str | None = None  # ControlNet-Union SDXL (xinsir's ProMax single file)
     depth_model: str | None = None  # depth estimator folder
     normal_model: str | None = None  # Marigold normals folder; None: normals from the depth
+    # CLIP tokenizers of a single-file sd21 / sdxl (models/single_file.py load_clip_tokenizers' source: a diffusers
+    # folder or CLIP's vocab.json + merges.txt); None: looked up in the ComfyUI install (models/files.py)
+    sd21_tokenizer: str | None = None
+    sdxl_tokenizer: str | None = None
 
 
 @dataclass(frozen=True)
@@ -102,7 +106,8 @@ def tqdm_progress(description: str, total: int, unit: str) -> ContextManager:
 
 
 # role -> constructor arguments of a single-file network whose file does not carry them: "clip_vision"
-# (CLIPVisionConfig; default ViT-H-14), "union_controlnet" (ControlNetUnionModel; default SDXL's).
+# (CLIPVisionConfig; default ViT-H-14), "union_controlnet" (ControlNetUnionModel; default SDXL's), "sdxl" and
+# "sd21" ({part: config} of a single-file checkpoint, models/single_file.py; default SDXL 1.0 base's, SD 2.1-base's).
 NetworkConfigs = Mapping[str, dict]
 
 
@@ -124,7 +129,7 @@ def restore_images(images: list[torch.Tensor], models: ModelPaths, options: Rest
         _release()
         _estimate_depth_normal(results, models, options, progress)
     else:
-        _run_stage1(results, models, options, progress)
+        _run_stage1(results, models, options, progress, network_configs or {})
         if recaption:
             _recaption(results, captioner, options, progress)
         del captioner
@@ -165,13 +170,15 @@ def _run_stage0(images, models: ModelPaths, captioner, options: RestoreOptions, 
     return results
 
 
-def _run_stage1(results: list[RestoreResult], models: ModelPaths, options: RestoreOptions, progress) -> None:
-    from ..models.sd21_components import load_sd21_components
+def _run_stage1(results: list[RestoreResult], models: ModelPaths, options: RestoreOptions, progress,
+                network_configs: NetworkConfigs) -> None:
+    from ..models.single_file import load_sd21
     from ..models.stage1_weights import load_stage1_controlnet, load_stage1_unet
     from .stage1 import DEFAULT_STEPS, Stage1Pipeline
 
     device, dtype = options.device, options.dtype
-    components = load_sd21_components(models.sd21, device=device, dtype=dtype)
+    components = load_sd21(models.sd21, tokenizer_source=models.sd21_tokenizer, configs=network_configs.get("sd21"),
+                           device=device, dtype=dtype)
     unet = load_stage1_unet(models.stage1_unet, device=device, dtype=dtype)
     controlnet = load_stage1_controlnet(models.stage1_controlnet, device=device, dtype=dtype)
     pipeline = Stage1Pipeline(unet, controlnet, components.vae, components.text_encoder)
@@ -233,12 +240,14 @@ def _run_stage2(results: list[RestoreResult], models: ModelPaths, options: Resto
 
 def _load_stage2(models: ModelPaths, options: RestoreOptions, network_configs: NetworkConfigs):
     from ..models.colour_adapter import load_colour_adapter
-    from ..models.sdxl_components import load_clip_vision, load_sdxl_parts
+    from ..models.sdxl_components import load_clip_vision
+    from ..models.single_file import load_sdxl
     from .stage2 import Stage2Pipeline
 
     device, dtype = options.device, options.dtype
-    # SDXL's original VAE overflows in fp16: it stays float32 (load_sdxl_parts' default).
-    unet, vae, text_encoders = load_sdxl_parts(models.sdxl, device=device, dtype=dtype)
+    # SDXL's original VAE overflows in fp16: it stays float32 (load_sdxl's default).
+    unet, vae, text_encoders = load_sdxl(models.sdxl, tokenizer_source=models.sdxl_tokenizer,
+                                         configs=network_configs.get("sdxl"), device=device, dtype=dtype)
     if options.mode == "public":
         from ..models.union_controlnet import load_union_controlnet
         from .union_control import UnionPriorControl

@@ -44,6 +44,15 @@ def tiny_models_dir(tmp_path_factory):
     return root
 
 
+@pytest.fixture(scope="session")
+def tiny_single_files(tiny_models_dir, tmp_path_factory):
+    """tiny_models_dir's tiny SDXL and SD 2.1 folders as original single files, converted by ComfyUI's own
+    converters in a subprocess, and ComfyUI's token ids of a few prompts (tests/single_files.py)."""
+    from single_files import write_tiny_single_files
+
+    return write_tiny_single_files(tiny_models_dir, tmp_path_factory.mktemp("single-files"))
+
+
 def person_photo() -> np.ndarray:
     """scikit-image's bundled astronaut (a real photo of a person), HxWx3 uint8."""
     from skimage import data

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
+import numpy as np
+import pytest
 from PIL import Image
 
 from comfy_harness import REPO_ROOT
@@ -26,6 +30,7 @@ DIFFUSION_FILES = [("stable-diffusion-2-1-base", "diffusers"), ("diffbody_stage1
                    ("diffbody_stage2_controlnet.safetensors", "diffbody"),
                    ("diffbody_colour_adapter.safetensors", "ipadapter"),
                    ("CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors", "clip_vision")]
+SINGLE_FILES = ["v2-1_512-ema-pruned.safetensors", "sd_xl_base_1.0.safetensors"]
 
 
 def test_tiny_run_restores_and_saves_every_prior(tmp_path):
@@ -78,6 +83,8 @@ def test_without_weights_lists_every_missing_file_and_exits_non_zero(tmp_path):
     assert "Missing model files (11)" in result.stderr
     assert "huggingface.co/stabilityai/stable-diffusion-2-1-base" in result.stderr
     assert "huggingface.co/stabilityai/stable-diffusion-xl-base-1.0" in result.stderr
+    for name in SINGLE_FILES:  # SD 2.1 and SDXL: the diffusers folder or the single file ComfyUI loads
+        assert f"'{name}' in {models / 'checkpoints'}" in result.stderr, name
     assert "No DiffBody weights are public" in result.stderr
     assert not (tmp_path / "out").exists()
 
@@ -122,7 +129,7 @@ def test_public_mode_without_weights_lists_only_public_files(tmp_path):
         assert f"'{name}'" in result.stderr and str(models / folder) in result.stderr, name
     assert "xinsir/controlnet-union-sdxl-1.0/resolve/main/diffusion_pytorch_model_promax.safetensors" in result.stderr
     assert "diffbody_" not in result.stderr and "No DiffBody weights are public" not in result.stderr
-    assert result.stderr.count("Download ") == 10  # every file has a public source
+    assert result.stderr.count("Download ") == 11  # every file has a public source (SDXL two: folder, single file)
     assert not (tmp_path / "out").exists()
 
 
@@ -135,3 +142,70 @@ def test_public_mode_with_normals_from_depth_needs_no_normal_model(tmp_path):
                      "Depth-Anything-V2-Large-hf", "--models-dir", tmp_path / "models", cwd=tmp_path)
     assert result.returncode == 2 and "Missing model files (9)" in result.stderr
     assert "'Depth-Anything-V2-Large-hf'" in result.stderr and "marigold" not in result.stderr
+
+
+def test_single_files_in_checkpoints_stand_in_for_the_diffusers_folders(tmp_path):
+    models = tmp_path / "models"
+    (models / "checkpoints").mkdir(parents=True)
+    for name in SINGLE_FILES:
+        (models / "checkpoints" / name).write_bytes(b"")
+    result = run_cli(SAMPLE, "--models-dir", models, "--out", tmp_path / "out", cwd=tmp_path)
+    assert result.returncode == 2 and "Missing model files (9)" in result.stderr
+    for name in ["stable-diffusion-2-1-base", "stable-diffusion-xl-base-1.0"] + SINGLE_FILES:
+        assert name not in result.stderr, name
+
+
+def test_single_file_options_reach_the_pipelines_model_paths(tiny_models_dir, tiny_single_files, monkeypatch,
+                                                             capsys):
+    from comfyui_diffbody import cli
+    from comfyui_diffbody.models import files
+
+    def paths(*options):
+        args = cli.build_parser().parse_args(["restore", str(SAMPLE), *options])
+        return cli.model_paths(args, cli.resolve_files(args, tiny_models_dir), tiny_models_dir)
+
+    folders = {kind: str(tiny_models_dir / "diffusers" / f"tiny-{kind}") for kind in ("sdxl", "sd21")}
+    found = paths("--tiny")
+    assert (found.sdxl, found.sd21, found.sdxl_tokenizer, found.sd21_tokenizer) == (folders["sdxl"], folders["sd21"],
+                                                                                    None, None)
+    found = paths("--tiny", "--sdxl", tiny_single_files["sdxl"], "--sd21", tiny_single_files["sd21"])
+    assert (found.sdxl, found.sd21) == (tiny_single_files["sdxl"], tiny_single_files["sd21"])
+    assert (found.sdxl_tokenizer, found.sd21_tokenizer) == (folders["sdxl"], folders["sd21"])  # tiny vocabularies
+    # without --tiny: ComfyUI's tokenizer files, a --clip-tokenizer folder, or exit 2 saying where to put them
+    args = cli.build_parser().parse_args(["restore", str(SAMPLE)])
+    single = {"sdxl": tiny_single_files["sdxl"]}
+    comfy_tokenizer = os.path.join(os.environ["DIFFBODY_COMFYUI_DIR"], "comfy", "sd1_tokenizer")
+    assert cli.clip_tokenizer_sources(args, tiny_models_dir, single) == {"sdxl_tokenizer": comfy_tokenizer}
+    args.clip_tokenizer = Path(folders["sdxl"])
+    assert cli.clip_tokenizer_sources(args, tiny_models_dir, single) == {"sdxl_tokenizer": folders["sdxl"]}
+    args.clip_tokenizer = None
+    monkeypatch.delenv("DIFFBODY_COMFYUI_DIR")
+    monkeypatch.setattr(files, "PACK_ROOT", tiny_models_dir / "not-in-ComfyUI")
+    with pytest.raises(SystemExit) as error:
+        cli.clip_tokenizer_sources(args, tiny_models_dir, single)
+    assert error.value.code == 2 and "--clip-tokenizer" in capsys.readouterr().err
+
+
+def test_tiny_run_from_single_files_matches_the_folder_run(tmp_path, tiny_single_files):
+    """--sdxl / --sd21 with the tiny folders converted to single files by ComfyUI's converters: every output of
+    the plumbing check (stage 1 reads SD 2.1's VAE and text encoder, stage 2 all of SDXL) equals the folder run's."""
+    from conftest import person_photo
+
+    source = tmp_path / "person.png"  # small, one thread: two runs in about a minute
+    Image.fromarray(person_photo()).resize((64, 64), Image.BICUBIC).save(source)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    runs = {"folders": (), "single": ("--sdxl", tiny_single_files["sdxl"], "--sd21", tiny_single_files["sd21"])}
+    for name, options in runs.items():
+        run = subprocess.run([sys.executable, "-m", "comfyui_diffbody", "restore", str(source), "--tiny", "--size-mode",
+                              "native", *options, "--out", str(tmp_path / name)], capture_output=True, text=True,
+                             cwd=tmp_path, timeout=600, env=env)
+        assert run.returncode == 0, run.stderr[-3000:]
+    written = sorted(p.name for p in (tmp_path / "folders").iterdir())
+    assert "person_restored.png" in written and "person_stage1.png" in written
+    assert sorted(p.name for p in (tmp_path / "single").iterdir()) == written
+    for name in written:
+        folder_file, single_file = tmp_path / "folders" / name, tmp_path / "single" / name
+        if name.endswith(".png"):
+            assert np.array_equal(np.asarray(Image.open(folder_file)), np.asarray(Image.open(single_file))), name
+        else:
+            assert folder_file.read_text() == single_file.read_text(), name

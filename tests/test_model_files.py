@@ -55,3 +55,51 @@ def test_download_places_the_file_in_the_models_folder(tmp_path, monkeypatch):
     path = files.download("yolox_l.onnx", str(dest))
     assert os.path.dirname(os.path.abspath(path)) == str(dest)
     assert open(path, "rb").read() == b"onnx bytes"
+
+
+SDXL = files.Alternatives((("stable-diffusion-xl-base-1.0", "diffusers"), ("sd_xl_base_1.0.safetensors", "checkpoints")))
+
+
+def test_the_single_file_is_taken_when_the_diffusers_folder_is_absent(tmp_path):
+    single = tmp_path / "checkpoints" / "sd_xl_base_1.0.safetensors"
+    single.parent.mkdir()
+    single.write_bytes(b"")
+    found = files.resolve_model_files([SDXL], tmp_path, download_missing=False)
+    assert found == {"stable-diffusion-xl-base-1.0": str(single)}
+    folder = tmp_path / "diffusers" / "stable-diffusion-xl-base-1.0"
+    folder.mkdir(parents=True)  # the diffusers folder keeps working, and comes first
+    assert files.resolve_model_files([SDXL], tmp_path, download_missing=False) == {SDXL.name: str(folder)}
+
+
+def test_a_model_in_neither_form_names_both_and_where_to_get_them(tmp_path):
+    with pytest.raises(files.MissingModelFiles) as error:
+        files.resolve_model_files([SDXL, ("yolox_l.onnx", "diffbody_pose")], tmp_path, download_missing=False)
+    message = str(error.value)
+    assert "Missing model files (2)" in message
+    for name, folder in SDXL.options:
+        assert f"'{name}' in {tmp_path / folder}" in message
+    assert "https://huggingface.co/stabilityai/stable-diffusion-xl-base-1.0\n" in message  # the folder
+    assert "https://huggingface.co/stabilityai/stable-diffusion-xl-base-1.0/resolve/main/sd_xl_base_1.0.safetensors" \
+        in message
+
+
+def test_clip_tokenizer_files_are_found_in_the_comfyui_the_pack_sits_in(tmp_path, monkeypatch):
+    comfy = tmp_path / "ComfyUI"
+    monkeypatch.setattr(files, "PACK_ROOT", comfy / "custom_nodes" / "ComfyUI-DiffBody")
+    monkeypatch.setenv("DIFFBODY_COMFYUI_DIR", str(tmp_path / "other-ComfyUI"))
+    models = tmp_path / "models"
+    searched = files.clip_tokenizer_dirs(models)
+    assert searched[:2] == [str(comfy / "comfy" / "sd1_tokenizer"), str(tmp_path / "other-ComfyUI" / "comfy" / "sd1_tokenizer")]
+    assert searched[2:] == [str(models / "diffusers" / name / "tokenizer")
+                            for name in ("stable-diffusion-xl-base-1.0", "stable-diffusion-2-1-base")]
+    assert files.find_clip_tokenizer(searched) is None
+    for directory in (searched[1], searched[3]):
+        os.makedirs(directory)
+        for name in files.CLIP_TOKENIZER_FILES:
+            open(os.path.join(directory, name), "w").close()
+    assert files.find_clip_tokenizer(searched) == searched[1]
+    monkeypatch.delenv("DIFFBODY_COMFYUI_DIR")
+    assert files.find_clip_tokenizer(files.clip_tokenizer_dirs(models)) == searched[3]
+    os.makedirs(searched[0])
+    open(os.path.join(searched[0], "vocab.json"), "w").close()  # merges.txt missing: not a tokenizer folder
+    assert files.find_clip_tokenizer(files.clip_tokenizer_dirs(models)) == searched[3]

@@ -55,16 +55,8 @@ MARIGOLD_STEPS, MARIGOLD_PROCESSING_RESOLUTION = 4, 768
 # unet/config.json): SD 2's UNet (block_out 320/640/1280/1280, attention_head_dim 5/10/20/20, cross 1024,
 # linear projection, 2 layers per block) with in_channels 8 and sample_size 96.
 MARIGOLD_UNET_IN_CHANNELS, MARIGOLD_UNET_SAMPLE_SIZE = 8, 96
-# text_encoder/config.json of SD 2 (https://huggingface.co/stabilityai/stable-diffusion-2, text_encoder/):
-# OpenCLIP ViT-H/14's text tower without its last block.
-SD2_TEXT_ENCODER = dict(vocab_size=49408, hidden_size=1024, intermediate_size=4096, num_hidden_layers=23,
-                        num_attention_heads=16, max_position_embeddings=77, hidden_act="gelu", projection_dim=512,
-                        layer_norm_eps=1e-5, bos_token_id=0, eos_token_id=2, pad_token_id=1)
-# vae/config.json of SD 2 and Marigold (prs-eth/marigold-normals-v0-1, vae/config.json): 128/256/512/512.
-SD2_VAE = dict(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, norm_num_groups=32,
-               block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
-               up_block_types=("UpDecoderBlock2D",) * 4, act_fn="silu", sample_size=768, scaling_factor=0.18215,
-               force_upcast=True)
+# SD 2's VAE and text encoder (also Marigold's VAE): models/single_file.py's SD21_VAE_CONFIG and
+# SD21_TEXT_ENCODER_CONFIG, the single-file loaders' defaults.
 COMFY_CLIP_TOKENIZER = os.path.join("comfy", "sd1_tokenizer")  # CLIP's BPE (vocab.json, merges.txt)
 
 
@@ -183,13 +175,17 @@ def _write_clip_tokenizer(directory: str, comfyui_dir: str | None) -> None:
 def _sd2_vae():
     from diffusers import AutoencoderKL
 
-    return AutoencoderKL(**SD2_VAE).eval()
+    from ...models.single_file import SD21_VAE_CONFIG
+
+    return AutoencoderKL(**SD21_VAE_CONFIG).eval()
 
 
 def _sd2_text_encoder():
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    return CLIPTextModel(CLIPTextConfig(**SD2_TEXT_ENCODER)).eval()
+    from ...models.single_file import SD21_TEXT_ENCODER_CONFIG
+
+    return CLIPTextModel(CLIPTextConfig(**SD21_TEXT_ENCODER_CONFIG)).eval()
 
 
 def _marigold_unet():
