@@ -29,7 +29,7 @@ from workflow_tools import load_workflow
 pytestmark = pytest.mark.realsize
 
 INPUT_SIZE = (192, 128)  # width, height: a landscape photo, so a swapped width and height shows
-SERVER_ARGS = ("--bf16-unet", "--bf16-text-enc")
+SERVER_ARGS = ("--bf16-unet", "--bf16-text-enc", "--cache-none")
 TIMEOUT = 1800
 # What the stock loaders must report in the server log, per workflow.
 DETECTED = {
@@ -42,6 +42,14 @@ DETECTED = {
 # SaveImage / PreviewImage nodes of each workflow whose images have the input's size.
 FULL_SIZE_OUTPUTS = {"diffbody_public": ("15", "16", "42"), "diffbody_full": ("15", "16", "17", "42"),
                      "diffbody_priors": ("6", "7", "15", "16", "17")}
+
+
+# `python -m comfyui_diffbody ARGS` that prints its own peak RSS (KiB) to stderr as it exits
+PEAK_RSS_WRAPPER = (
+    "import resource, runpy, sys\n"
+    "sys.argv[0] = 'comfyui_diffbody'\n"
+    "try:\n    runpy.run_module('comfyui_diffbody', run_name='__main__', alter_sys=True)\n"
+    "finally:\n    print('PEAK_RSS_KIB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n")
 
 
 @pytest.fixture(scope="session")
@@ -94,3 +102,29 @@ def test_bundled_workflow_runs_at_real_size_through_the_stock_loaders(realsize_m
             path = base / image["type"] / image.get("subfolder", "") / image["filename"]
             assert Image.open(path).size == INPUT_SIZE, (node_id, image)
             assert np.asarray(Image.open(path)).std() > 0, f"node {node_id} wrote a flat image"
+
+
+@pytest.mark.parametrize("mode", ["public", "diffbody"])
+def test_command_line_restores_at_real_size_from_the_same_single_files(realsize_models_dir, tmp_path, mode):
+    """`restore` on the files ComfyUI loads (single-file SDXL and SD 2.1 in checkpoints/), in bf16, one step
+    per stage at the photo's own size, in a child process that reports its own peak RSS."""
+    import time
+
+    from skimage import data
+
+    photo = tmp_path / "person.png"
+    Image.fromarray(data.astronaut()).resize(INPUT_SIZE, Image.BICUBIC).save(photo)
+    command = [sys.executable, "-c", PEAK_RSS_WRAPPER, "restore", str(photo), "--out", str(tmp_path / "out"),
+               "--models-dir", str(realsize_models_dir), "--mode", mode, "--dtype", "bfloat16",
+               "--size-mode", "native", "--stage1-steps", "1", "--stage2-steps", "1", "--save-priors"]
+    started = time.monotonic()
+    done = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT,
+                          env=dict(os.environ, DIFFBODY_COMFYUI_DIR=str(comfyui_dir())))
+    took = time.monotonic() - started
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    peak = float(done.stderr.rsplit("PEAK_RSS_KIB ", 1)[1].split()[0]) / 2 ** 20
+    print(f"\n[realsize] restore --mode {mode}: {took:.0f} s, peak RSS {peak:.1f} GiB")
+    outputs = sorted((tmp_path / "out").glob("*.png"))
+    assert outputs, done.stdout[-2000:]
+    for path in outputs:
+        assert Image.open(path).size == INPUT_SIZE, path.name
