@@ -7,10 +7,13 @@ use this file can still be imported (and their logic tested) outside ComfyUI.
 from __future__ import annotations
 
 import os
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from ..models.errors import MissingModelFile
 from ..models.files import FOLDERS, KNOWN_FILES, download, find_file, missing_message
+
+if TYPE_CHECKING:
+    import torch
 
 
 def running_inside_comfyui() -> bool:

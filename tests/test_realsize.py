@@ -26,7 +26,8 @@ from PIL import Image
 from comfy_harness import ComfyServer, comfyui_dir, execution_error, make_base_dir
 from workflow_tools import load_workflow
 
-pytestmark = pytest.mark.realsize
+# the first test also builds the files (minutes on a cold cache); each workflow takes minutes on 2 cores
+pytestmark = [pytest.mark.realsize, pytest.mark.timeout(2700)]
 
 INPUT_SIZE = (192, 128)  # width, height: a landscape photo, so a swapped width and height shows
 SERVER_ARGS = ("--bf16-unet", "--bf16-text-enc", "--cache-none")
