@@ -1,6 +1,6 @@
 """The bundled workflows (workflows/*.json): both formats present and equivalent, every one runnable end to
-end through a real ComfyUI on tiny weights, every model file it names known to the catalogue and named in
-its notes.
+end through a real ComfyUI on tiny weights (the current version and the oldest the pack claims), every model
+file it names known to the catalogue and named in its notes.
 
 Equivalence: each UI workflow is converted to an API prompt with the live server's /object_info (widget
 order, widget vs socket inputs; tests/workflow_format.py, written apart from the generator) and compared
@@ -179,11 +179,14 @@ def expected_image_size(api: dict) -> int:
 
 
 @pytest.mark.parametrize("api_name", API_FILES)
-def test_bundled_workflow_runs_end_to_end_on_tiny_weights(comfy_server, object_info, api_name):
+def test_bundled_workflow_runs_end_to_end_on_tiny_weights(each_comfy_server, api_name):
+    """On the current ComfyUI and on the oldest the pack claims (tests/conftest.py)."""
+    server = each_comfy_server
+    object_info = server.object_info()
     api = load_workflow(api_name)
     prompt = runnable(api)
     assert not {node["class_type"] for node in prompt.values()} & set(TEST_SUBSTITUTES)
-    entry = comfy_server.run(prompt, timeout=900)
+    entry = server.run(prompt, timeout=900)
     assert entry["status"]["status_str"] == "success", (execution_error(entry) or {}).get("exception_message")
     side = expected_image_size(api)
     output_nodes = [node_id for node_id, node in prompt.items() if object_info[node["class_type"]]["output_node"]]
@@ -194,9 +197,9 @@ def test_bundled_workflow_runs_end_to_end_on_tiny_weights(comfy_server, object_i
         if "text" in shown:
             assert all(text.strip() for text in shown["text"]), node_id
             continue
-        files = comfy_server.output_files({"outputs": {node_id: shown}})
+        files = server.output_files({"outputs": {node_id: shown}})
         if "diffbody_compare" in shown:
-            files += comfy_server.output_files({"outputs": {node_id: {"images": [
+            files += server.output_files({"outputs": {node_id: {"images": [
                 image for pair in shown["diffbody_compare"] for image in pair.values()]}}})
         assert files, node_id
         for path in files:
