@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import importlib.util
 import json
+import re
 import sys
 
 import pytest
@@ -206,6 +207,23 @@ def test_bundled_workflow_runs_end_to_end_on_tiny_weights(each_comfy_server, api
             assert path.is_file(), path
             with Image.open(path) as image:
                 assert image.size == (side, side), (api_name, node_id, path.name, image.size)
+
+
+def comfyui_version(server) -> str:
+    return server.get("/system_stats")["system"]["comfyui_version"]
+
+
+def test_the_claimed_comfyui_range_is_the_tested_one(comfy_server, oldest_comfy_server):
+    """pyproject's requires-comfyui and the README start at the oldest ComfyUI the workflows above ran on, and
+    the README names the current one too (a server started from the wrong folder reports the wrong version)."""
+    from packaging.version import Version
+
+    oldest, current = comfyui_version(oldest_comfy_server), comfyui_version(comfy_server)
+    assert Version(oldest) < Version(current)
+    pyproject = (REPO_ROOT / "pyproject.toml").read_text()
+    assert re.search(r'^requires-comfyui = "(.*)"$', pyproject, re.M).group(1) == f">={oldest}"
+    readme = " ".join((REPO_ROOT / "README.md").read_text().split())
+    assert f"Needs ComfyUI {oldest} or newer (the tests run on {oldest} and {current})" in readme
 
 
 # -- model files ---------------------------------------------------------------------------------------
