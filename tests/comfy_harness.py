@@ -39,6 +39,20 @@ def comfyui_dir() -> Path:
     return path
 
 
+def oldest_comfyui() -> tuple[Path, str] | None:
+    """The oldest ComfyUI the pack claims (scripts/setup_env.sh exports DIFFBODY_COMFYUI_OLDEST_DIR) and the
+    PYTHONPATH entries it runs with in the same environment, or None where the environment was set up by hand
+    without it."""
+    comfyui_dir()  # runs scripts/setup_env.sh when this process was not started by scripts/test.sh
+    known = os.environ.get("DIFFBODY_COMFYUI_OLDEST_DIR")
+    if not known:
+        return None
+    path = Path(known)
+    if not (path / "main.py").is_file():
+        raise RuntimeError(f"no ComfyUI at {path}")
+    return path, os.environ.get("DIFFBODY_COMFYUI_OLDEST_PYTHONPATH", "")
+
+
 def run_comfy_script(code: str, work: Path, *args: str, label: str = "measured") -> dict:
     """Run `code` in a fresh Python process as `script COMFYUI_DIR *args` (ComfyUI's own modules on its
     path there, never in the test process) and return the JSON of its last `RESULT {...}` line."""
@@ -81,10 +95,15 @@ def make_base_dir(base: Path, pack_folder_name: str, models_dir: Path | None = N
 
 
 class ComfyServer:
+    """`extra_args`: more ComfyUI command-line options; `comfy_dir` None: the ComfyUI of comfyui_dir();
+    `python_path`: entries put before the inherited PYTHONPATH (what oldest_comfyui() returns with its folder)."""
+
     def __init__(self, base_dir: Path, *, python: str = sys.executable, startup_timeout: float = 180.0,
-                 extra_args: tuple[str, ...] = ()):
+                 extra_args: tuple[str, ...] = (), comfy_dir: Path | None = None, python_path: str = ""):
         self.base_dir = base_dir
         self.extra_args = tuple(extra_args)
+        self.comfy_dir = comfy_dir
+        self.python_path = python_path
         self.python = python
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -95,12 +114,14 @@ class ComfyServer:
 
     # -- life cycle ---------------------------------------------------------------------------
     def start(self) -> "ComfyServer":
-        comfy = comfyui_dir()
+        comfy = self.comfy_dir or comfyui_dir()
         cmd = [self.python, str(comfy / "main.py"), "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
                "--base-directory", str(self.base_dir), "--database-url", "sqlite:///:memory:",
                "--disable-auto-launch", *self.extra_args]
         env = dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
                    DO_NOT_TRACK="1")
+        if self.python_path:
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [self.python_path, env.get("PYTHONPATH")]))
         self._log = open(self.log_path, "w")
         self.process = subprocess.Popen(cmd, cwd=comfy, stdout=self._log, stderr=subprocess.STDOUT, env=env,
                                         start_new_session=True)

@@ -1,4 +1,5 @@
-"""Shared fixtures: the tiny models folder and a real ComfyUI server with the pack installed.
+"""Shared fixtures: the tiny models folder and a real ComfyUI server with the pack installed (the current
+version, and the oldest the pack claims: README, pyproject's requires-comfyui).
 
 Server tests are marked `server` automatically (deselect them with `-m "not server"` for a quick run).
 """
@@ -11,9 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from comfy_harness import ComfyServer, make_base_dir
+from comfy_harness import ComfyServer, make_base_dir, oldest_comfyui
 
-SERVER_FIXTURES = {"comfy_server"}
+SERVER_FIXTURES = {"comfy_server", "oldest_comfy_server", "each_comfy_server"}
 
 
 def pytest_collection_modifyitems(config, items):
@@ -60,14 +61,45 @@ def person_photo() -> np.ndarray:
     return data.astronaut()
 
 
-@pytest.fixture(scope="session")
-def comfy_server(tmp_path_factory, tiny_models_dir):
-    """One ComfyUI server for the session, the pack linked in as `ComfyUI-DiffBody-main`."""
+def start_server(tmp_path_factory, tiny_models_dir, **options) -> ComfyServer:
+    """A ComfyUI server with the pack linked in as `ComfyUI-DiffBody-main`, the tiny models and the test inputs."""
     base = make_base_dir(tmp_path_factory.mktemp("comfy"), "ComfyUI-DiffBody-main", tiny_models_dir)
     Image.fromarray(person_photo()).resize((256, 256)).save(base / "input" / "person.png")
     Image.fromarray(np.zeros((9, 17, 4), np.uint8)).save(base / "input" / "tiny_rgba.png")
-    server = ComfyServer(base).start()
-    yield server
+    return ComfyServer(base, **options).start()
+
+
+def stop_server(server: ComfyServer) -> None:
     server.stop()
     if os.environ.get("DIFFBODY_KEEP_SERVER_LOG"):
         print(server.log())
+
+
+@pytest.fixture(scope="session")
+def comfy_server(tmp_path_factory, tiny_models_dir):
+    """One ComfyUI server for the session (the current version, DIFFBODY_COMFYUI_DIR)."""
+    server = start_server(tmp_path_factory, tiny_models_dir)
+    yield server
+    stop_server(server)
+
+
+@pytest.fixture(scope="module")
+def oldest_comfy_server(tmp_path_factory, tiny_models_dir):
+    """The oldest ComfyUI the pack claims (scripts/setup_env.sh's DIFFBODY_COMFYUI_OLDEST_DIR), in the same
+    environment, for one module. Where the environment was set up without it: skipped, failing in CI."""
+    oldest = oldest_comfyui()
+    if oldest is None:
+        reason = "DIFFBODY_COMFYUI_OLDEST_DIR is not set (scripts/test.sh sets it)"
+        if os.environ.get("CI"):
+            pytest.fail(f"the oldest supported ComfyUI must be tested in CI: {reason}")
+        pytest.skip(reason)
+    comfy_dir, python_path = oldest
+    server = start_server(tmp_path_factory, tiny_models_dir, comfy_dir=comfy_dir, python_path=python_path)
+    yield server
+    stop_server(server)
+
+
+@pytest.fixture(scope="module", params=["current", "oldest"])
+def each_comfy_server(request):
+    """comfy_server, then oldest_comfy_server: the tests that use it pass on both ends of the claimed range."""
+    return request.getfixturevalue("comfy_server" if request.param == "current" else "oldest_comfy_server")

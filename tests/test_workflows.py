@@ -1,6 +1,6 @@
 """The bundled workflows (workflows/*.json): both formats present and equivalent, every one runnable end to
-end through a real ComfyUI on tiny weights, every model file it names known to the catalogue and named in
-its notes.
+end through a real ComfyUI on tiny weights (the current version and the oldest the pack claims), every model
+file it names known to the catalogue and named in its notes.
 
 Equivalence: each UI workflow is converted to an API prompt with the live server's /object_info (widget
 order, widget vs socket inputs; tests/workflow_format.py, written apart from the generator) and compared
@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import importlib.util
 import json
+import re
 import sys
 
 import pytest
@@ -179,11 +180,14 @@ def expected_image_size(api: dict) -> int:
 
 
 @pytest.mark.parametrize("api_name", API_FILES)
-def test_bundled_workflow_runs_end_to_end_on_tiny_weights(comfy_server, object_info, api_name):
+def test_bundled_workflow_runs_end_to_end_on_tiny_weights(each_comfy_server, api_name):
+    """On the current ComfyUI and on the oldest the pack claims (tests/conftest.py)."""
+    server = each_comfy_server
+    object_info = server.object_info()
     api = load_workflow(api_name)
     prompt = runnable(api)
     assert not {node["class_type"] for node in prompt.values()} & set(TEST_SUBSTITUTES)
-    entry = comfy_server.run(prompt, timeout=900)
+    entry = server.run(prompt, timeout=900)
     assert entry["status"]["status_str"] == "success", (execution_error(entry) or {}).get("exception_message")
     side = expected_image_size(api)
     output_nodes = [node_id for node_id, node in prompt.items() if object_info[node["class_type"]]["output_node"]]
@@ -194,15 +198,32 @@ def test_bundled_workflow_runs_end_to_end_on_tiny_weights(comfy_server, object_i
         if "text" in shown:
             assert all(text.strip() for text in shown["text"]), node_id
             continue
-        files = comfy_server.output_files({"outputs": {node_id: shown}})
+        files = server.output_files({"outputs": {node_id: shown}})
         if "diffbody_compare" in shown:
-            files += comfy_server.output_files({"outputs": {node_id: {"images": [
+            files += server.output_files({"outputs": {node_id: {"images": [
                 image for pair in shown["diffbody_compare"] for image in pair.values()]}}})
         assert files, node_id
         for path in files:
             assert path.is_file(), path
             with Image.open(path) as image:
                 assert image.size == (side, side), (api_name, node_id, path.name, image.size)
+
+
+def comfyui_version(server) -> str:
+    return server.get("/system_stats")["system"]["comfyui_version"]
+
+
+def test_the_claimed_comfyui_range_is_the_tested_one(comfy_server, oldest_comfy_server):
+    """pyproject's requires-comfyui and the README start at the oldest ComfyUI the workflows above ran on, and
+    the README names the current one too (a server started from the wrong folder reports the wrong version)."""
+    from packaging.version import Version
+
+    oldest, current = comfyui_version(oldest_comfy_server), comfyui_version(comfy_server)
+    assert Version(oldest) < Version(current)
+    pyproject = (REPO_ROOT / "pyproject.toml").read_text()
+    assert re.search(r'^requires-comfyui = "(.*)"$', pyproject, re.M).group(1) == f">={oldest}"
+    readme = " ".join((REPO_ROOT / "README.md").read_text().split())
+    assert f"Needs ComfyUI {oldest} or newer (the tests run on {oldest} and {current})" in readme
 
 
 # -- model files ---------------------------------------------------------------------------------------
