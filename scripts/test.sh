@@ -4,6 +4,6 @@
 #   scripts/test.sh -m "not server" the quick unit tests only
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-eval "$("$repo/scripts/setup_env.sh" --exports)"
+eval "$(DIFFBODY_WITH_OLDEST_COMFYUI=1 "$repo/scripts/setup_env.sh" --exports)"
 cd "$repo"
 exec "$DIFFBODY_PYTHON" -m pytest "$@"
