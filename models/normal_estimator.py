@@ -71,13 +71,29 @@ class MarigoldNormals:
         results = []
         for index, image in enumerate(images):
             generator = torch.Generator("cpu").manual_seed(seed + index)  # same noise on every device
-            out = self.pipeline(image.unsqueeze(0).float().clamp(0, 1), num_inference_steps=steps or self.default_steps,
-                                ensemble_size=1, match_input_resolution=True, generator=generator,
-                                output_type="pt")
-            results.append(out.prediction.float().to(images.device))
+            picture = image.unsqueeze(0).float().clamp(0, 1)
+            out = self.pipeline(self._to_working_size(picture), processing_resolution=0,
+                                num_inference_steps=steps or self.default_steps, ensemble_size=1,
+                                match_input_resolution=False, generator=generator, output_type="pt")
+            results.append(self._to_size(out.prediction.float(), picture.shape[-2:]).to(images.device))
             if progress is not None:
                 progress(index + 1, len(images))
         return torch.cat(results)
+
+    # The pipeline's own resizing (to its processing resolution and back) runs in the pipeline's dtype, and
+    # antialiased resizing has no bf16 kernel on the CPU: the same steps with diffusers' own functions, in
+    # float32, around a pipeline that then runs at the size it is given.
+    def _to_working_size(self, picture: torch.Tensor) -> torch.Tensor:
+        from diffusers.pipelines.marigold.marigold_image_processing import MarigoldImageProcessor
+
+        resolution = self.pipeline.default_processing_resolution or 0
+        return MarigoldImageProcessor.resize_to_max_edge(picture, resolution, "bilinear") if resolution > 0 else picture
+
+    def _to_size(self, normals: torch.Tensor, size) -> torch.Tensor:
+        from diffusers.pipelines.marigold.marigold_image_processing import MarigoldImageProcessor
+
+        return self.pipeline.normalize_normals(MarigoldImageProcessor.resize_antialias(normals, tuple(size), "bilinear",
+                                                                                      is_aa=False))
 
 
 def check_normals_folder(model_dir: str) -> None:

@@ -58,6 +58,17 @@ def test_estimate_shapes_ranges_and_progress(tiny_dirs, normals):
     assert torch.allclose(vectors.norm(dim=1), torch.ones(2, 40, 24), atol=0.02)
 
 
+def test_bf16_estimators_run_on_the_cpu_and_agree_with_float32(tiny_dirs):
+    """ComfyUI started with --bf16-unet makes the node load both estimators in bf16 (glue.preferred_dtype); the
+    real-size workflow then died in Marigold's antialiased resize, which has no bf16 CPU kernel."""
+    images = _images(batch=1, height=40, width=24)
+    results = {dtype: load_depth_normal_estimator(tiny_dirs["depth"], tiny_dirs["normals"], dtype=dtype).estimate(images)
+               for dtype in (torch.float32, torch.bfloat16)}
+    for full, half in zip(results[torch.float32], results[torch.bfloat16]):
+        assert half.shape == full.shape == (1, 3, 40, 24) and half.dtype == torch.float32
+        assert (half - full).abs().mean() < 0.1  # the same picture, up to bf16 rounding
+
+
 def test_odd_sizes_keep_their_size(tiny_dirs):
     estimator = load_depth_normal_estimator(tiny_dirs["depth"], tiny_dirs["normals"])
     for height, width in ((9, 17), (1, 30), (63, 5)):
