@@ -15,6 +15,7 @@ sampler takes one step: the point is sizes, layouts, detection and memory, not p
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -96,6 +97,8 @@ def test_bundled_workflow_runs_at_real_size_through_the_stock_loaders(realsize_m
     print(f"\n[realsize] {name}: peak RSS {peak:.1f} GiB, {sum(seconds.values()):.0f} s in nodes")
     for node_id, took in sorted(seconds.items(), key=lambda item: -item[1]):
         print(f"[realsize]   {prompt[node_id]['class_type']:<36} #{node_id:<4} {took:7.1f} s")
+    detected = sorted(set(re.findall(r"^(?:model_type \w+|model weight dtype .*|Requested to load \w+)$", log, re.M)))
+    print(f"[realsize]   the stock loaders reported: {'; '.join(detected)}")
     missing = [line for line in DETECTED[name] if line not in log]
     assert not missing, f"the server log does not show {missing}"
     for node_id in FULL_SIZE_OUTPUTS[name]:
