@@ -23,6 +23,27 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.server)
 
 
+@pytest.fixture
+def report_figure(request):
+    """report_figure(line): print a measured figure and keep it for the run's summary (pytest hides what a
+    passing test prints; the real-size tests' times and memory belong in the CI log)."""
+    def report(line: str) -> None:
+        print(line)
+        request.node.user_properties.append(("figure", line))
+    return report
+
+
+def pytest_terminal_summary(terminalreporter):
+    # a test's teardown report carries every property it recorded, in its call and in its fixtures' teardown
+    lines = [value for reports in terminalreporter.stats.values() for report in reports
+             if getattr(report, "when", None) == "teardown"
+             for name, value in getattr(report, "user_properties", ()) if name == "figure"]
+    if lines:
+        terminalreporter.section("measured figures")
+        for line in lines:
+            terminalreporter.write_line(line)
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """For modules of tiny-model tests: two OpenMP threads on two shared cores slow tiny models down ~100x

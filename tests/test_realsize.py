@@ -78,8 +78,20 @@ def realsize_prompt(name: str) -> dict:
     return prompt
 
 
+def report_run(report_figure, name: str, prompt: dict, seconds: dict, peak: float, log: str) -> None:
+    """The figures of one workflow run (also when it failed): peak RSS, each node's time, what the stock loaders
+    reported in the server log."""
+    report_figure(f"[realsize] {name}: peak RSS {peak:.1f} GiB, {sum(seconds.values()):.0f} s in nodes")
+    for node_id, took in sorted(seconds.items(), key=lambda item: -item[1]):
+        if took >= 0.5:
+            report_figure(f"[realsize]   {prompt[node_id]['class_type']:<36} #{node_id:<4} {took:7.1f} s")
+    detected = sorted(set(re.findall(r"^(?:model_type \w+|model weight dtype .*|Requested to load \w+)$", log, re.M)))
+    report_figure(f"[realsize]   the stock loaders reported: {'; '.join(detected)}")
+
+
 @pytest.mark.parametrize("name", list(DETECTED))
-def test_bundled_workflow_runs_at_real_size_through_the_stock_loaders(realsize_models_dir, tmp_path, name):
+def test_bundled_workflow_runs_at_real_size_through_the_stock_loaders(realsize_models_dir, tmp_path, name,
+                                                                     report_figure):
     from skimage import data
 
     base = make_base_dir(tmp_path / "comfy", "ComfyUI-DiffBody", realsize_models_dir)
@@ -91,14 +103,9 @@ def test_bundled_workflow_runs_at_real_size_through_the_stock_loaders(realsize_m
     finally:
         server.stop()
     log = server.log()
+    report_run(report_figure, name, entry["prompt"][2], seconds, peak, log)
     assert entry["status"]["status_str"] == "success", ((execution_error(entry) or {}).get("exception_message"),
                                                          log[-3000:])
-    prompt = entry["prompt"][2]
-    print(f"\n[realsize] {name}: peak RSS {peak:.1f} GiB, {sum(seconds.values()):.0f} s in nodes")
-    for node_id, took in sorted(seconds.items(), key=lambda item: -item[1]):
-        print(f"[realsize]   {prompt[node_id]['class_type']:<36} #{node_id:<4} {took:7.1f} s")
-    detected = sorted(set(re.findall(r"^(?:model_type \w+|model weight dtype .*|Requested to load \w+)$", log, re.M)))
-    print(f"[realsize]   the stock loaders reported: {'; '.join(detected)}")
     missing = [line for line in DETECTED[name] if line not in log]
     assert not missing, f"the server log does not show {missing}"
     for node_id in FULL_SIZE_OUTPUTS[name]:
@@ -109,7 +116,8 @@ def test_bundled_workflow_runs_at_real_size_through_the_stock_loaders(realsize_m
 
 
 @pytest.mark.parametrize("mode", ["public", "diffbody"])
-def test_command_line_restores_at_real_size_from_the_same_single_files(realsize_models_dir, tmp_path, mode):
+def test_command_line_restores_at_real_size_from_the_same_single_files(realsize_models_dir, tmp_path, mode,
+                                                                      report_figure):
     """`restore` on the files ComfyUI loads (single-file SDXL and SD 2.1 in checkpoints/), in bf16, one step
     per stage at the photo's own size, in a child process that reports its own peak RSS."""
     import time
@@ -127,7 +135,7 @@ def test_command_line_restores_at_real_size_from_the_same_single_files(realsize_
     took = time.monotonic() - started
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
     peak = float(done.stderr.rsplit("PEAK_RSS_KIB ", 1)[1].split()[0]) / 2 ** 20
-    print(f"\n[realsize] restore --mode {mode}: {took:.0f} s, peak RSS {peak:.1f} GiB")
+    report_figure(f"[realsize] restore --mode {mode}: {took:.0f} s, peak RSS {peak:.1f} GiB")
     outputs = sorted((tmp_path / "out").glob("*.png"))
     assert outputs, done.stdout[-2000:]
     for path in outputs:

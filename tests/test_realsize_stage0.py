@@ -36,11 +36,24 @@ HEIGHT, WIDTH = 96, 128
 MARIGOLD_TEST_RESOLUTION = 128  # the pipeline's working size in model_index.json (the real one is 768)
 
 
+_figures = []
+
+
+@pytest.fixture(autouse=True)
+def _report_timings(report_figure):
+    """What `_timed` measured during a test goes to the run's summary."""
+    yield
+    for line in _figures:
+        report_figure(line)
+    _figures.clear()
+
+
 def _timed(label: str, work):
     start = time.perf_counter()
     result = work()
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # kilobytes on Linux
-    print(f"{label}: {time.perf_counter() - start:.1f} s, process peak RSS {peak_gb:.2f} GB")
+    _figures.append(f"[realsize] {label}: {time.perf_counter() - start:.1f} s, process peak RSS {peak_gb:.2f} GB")
+    print(_figures[-1])
     return result
 
 
