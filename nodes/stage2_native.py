@@ -7,6 +7,8 @@ ComfyUI's ControlBase. The node definitions (nodes/stage2.py) import it only whe
 
 from __future__ import annotations
 
+import copy
+
 import comfy.controlnet
 import comfy.model_management
 import comfy.utils
@@ -114,6 +116,12 @@ class ColourAttention:
         self.adapter, self.layer_index = adapter, layer_index
         self.cond_tokens, self.uncond_tokens = cond_tokens, uncond_tokens
         self.weight, self.sigma_start, self.sigma_end = weight, sigma_start, sigma_end
+
+    def __deepcopy__(self, memo):
+        """ComfyUI 0.3.75's ModelPatcher.clone() deep-copies model_options, patches included: every later clone
+        of the MODEL would copy the whole adapter (0.85 GB at real size). Patches are never changed in place, so
+        a copy shares the adapter and the image tokens."""
+        return copy.copy(self)
 
     def __call__(self, q, k, v, extra_options):
         heads = extra_options["n_heads"]

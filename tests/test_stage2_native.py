@@ -311,6 +311,14 @@ for name, (strengths, strength) in zero_cases.items():
             same = got is None
         out["zero"][f"{name}{'_stacked' if stacked else ''}"] = {"returns_previous": same, "network_runs": len(runs)}
         c.cleanup()
+# A clone of the adapted MODEL (what every later node that patches it makes) shares the adapter and its tokens:
+# ComfyUI 0.3.75's ModelPatcher.clone() deep-copies model_options, patches included.
+adapted, = adapter_node.apply(base, ColourAdapterFile(adapter_file), TinyCLIPVision(clip_vision), restored_bhwc,
+                              ADAPTER_WEIGHT, 0.0, 1.0)
+originals = list(adapted.model_options["transformer_options"]["patches_replace"]["attn2"].values())
+copies = list(adapted.clone().model_options["transformer_options"]["patches_replace"]["attn2"].values())
+out["clone_shares_adapter"] = all(c.adapter is o.adapter and c.cond_tokens is o.cond_tokens and c is not o
+                                  for c, o in zip(copies, originals)) and len(copies) == len(originals) > 0
 print("RESULT " + json.dumps(out))
 '''
 
@@ -379,3 +387,9 @@ def test_zero_strengths_contribute_nothing(native):
     assert native["node_identity"] == {"strength_0": True, "priors_0": True, "adapter_0": True}
     for case, r in native["zero"].items():
         assert r == {"returns_previous": True, "network_runs": 0}, case
+
+
+def test_a_clone_of_the_adapted_model_shares_the_adapter(native):
+    """Each later clone of the MODEL (a LoRA, a sampling patch) must not copy the whole IP-Adapter: 0.85 GB at
+    real size that ComfyUI neither counts nor moves."""
+    assert native["clone_shares_adapter"]
