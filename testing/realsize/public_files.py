@@ -22,24 +22,22 @@ def write_public_files(place, comfyui_dir: str, *, log=print) -> dict[str, str]:
     from ..tiny.swinir import write_real_config_swinir
     from .stage0 import write_realsize_depth_anything_small, write_realsize_llava, write_realsize_marigold_normals
 
-    jobs = {
-        SDXL_CHECKPOINT: lambda path: write_safetensors(path, sdxl_checkpoint_spec(comfyui_dir)),
-        SD21_CHECKPOINT: lambda path: write_safetensors(path, sd21_checkpoint_spec(comfyui_dir)),
-        UNION_FILE: lambda path: write_safetensors(path, union_promax_spec()),
-        CLIP_VISION_FILE: lambda path: write_safetensors(path, clip_vit_h_spec()),
-        IP_ADAPTER_FILE: lambda path: write_safetensors(path, ip_adapter_plus_xl_spec()),
-        SWINIR_FILE: write_real_config_swinir,
-        LLAVA_FOLDER: write_realsize_llava,
-        DEPTH_FOLDER: write_realsize_depth_anything_small,
-        NORMALS_FOLDER: lambda path: write_realsize_marigold_normals(path, comfyui_dir=comfyui_dir),
-    }
-    folders = {SDXL_CHECKPOINT: "checkpoints", SD21_CHECKPOINT: "checkpoints", UNION_FILE: "controlnet",
-               CLIP_VISION_FILE: "clip_vision", IP_ADAPTER_FILE: "ipadapter", SWINIR_FILE: "upscale_models",
-               LLAVA_FOLDER: "LLM", DEPTH_FOLDER: "diffbody_priors", NORMALS_FOLDER: "diffbody_priors"}
+    jobs = (  # (name, models folder, writer of the file or folder at a path)
+        (SDXL_CHECKPOINT, "checkpoints", lambda path: write_safetensors(path, sdxl_checkpoint_spec(comfyui_dir))),
+        (SD21_CHECKPOINT, "checkpoints", lambda path: write_safetensors(path, sd21_checkpoint_spec(comfyui_dir))),
+        (UNION_FILE, "controlnet", lambda path: write_safetensors(path, union_promax_spec())),
+        (CLIP_VISION_FILE, "clip_vision", lambda path: write_safetensors(path, clip_vit_h_spec())),
+        (IP_ADAPTER_FILE, "ipadapter", lambda path: write_safetensors(path, ip_adapter_plus_xl_spec())),
+        (SWINIR_FILE, "upscale_models", write_real_config_swinir),
+        (LLAVA_FOLDER, "LLM", write_realsize_llava),
+        (DEPTH_FOLDER, "diffbody_priors", write_realsize_depth_anything_small),
+        (NORMALS_FOLDER, "diffbody_priors",
+         lambda path: write_realsize_marigold_normals(path, comfyui_dir=comfyui_dir)),
+    )
     written = {}
-    for name, write in jobs.items():
+    for name, folder, write in jobs:
         started = time.monotonic()
-        written[name] = write(place(folders[name], name))
+        written[name] = write(place(folder, name))
         log(f"[realsize] {name}: {time.monotonic() - started:.1f} s")
     # DWPose: the test graphs already take and give the real tensors (1x3x640x640 -> 1x8400x85, 1x3x384x288
     # -> SimCC 1x133x576 / 1x133x768); random real-size YOLOX/RTMPose graphs would draw no person at all.
