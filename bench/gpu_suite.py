@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import time
 import traceback
@@ -41,7 +42,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--profile", default="full", choices=("full", "12gb"),
                         help="12gb: cap this process and the server at 12 GiB of VRAM and run the 12 GB rows")
     parser.add_argument("--only", default="", help="comma-separated row or group names (default: all)")
-    parser.add_argument("--steps", type=int, default=None, help="timed steps per row (default 8 CUDA, 3 CPU)")
+    parser.add_argument("--steps", type=int, default=None, help="timed steps per row (default 8 CUDA, 2 CPU)")
+    parser.add_argument("--workflow-steps", type=int, default=30,
+                        help="steps of each sampler in the workflow rows (default 30: the fast mode's bound)")
     parser.add_argument("--comfyui", default=os.environ.get("DIFFBODY_COMFYUI_DIR"),
                         help="the ComfyUI folder (default $DIFFBODY_COMFYUI_DIR)")
     parser.add_argument("--models-dir", default=None, help="models folder for the server and stage-0 rows")
@@ -51,7 +54,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.size % 64:
         parser.error("--size must be a multiple of 64 (stage 1 runs at S/2 x S)")
     args.dtype = args.dtype or ("float16" if args.device == "cuda" else "float32")
-    args.steps = args.steps or (8 if args.device == "cuda" else 3)
+    args.steps = args.steps or (8 if args.device == "cuda" else 2)
+    if args.steps < 2 or args.workflow_steps < 1:
+        parser.error("--steps must be at least 2 (a step is timed between two step callbacks), --workflow-steps 1")
     rows = [row for group in GROUPS.values() for row in group]
     args.only = [name for name in args.only.split(",") if name]
     unknown = [name for name in args.only if name not in rows and name not in GROUPS]
@@ -74,6 +79,7 @@ def main(argv=None) -> int:
 
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("--device cuda: torch sees no CUDA GPU (use --device cpu --size 128 --networks tiny)")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a terminated run still stops its ComfyUI server
     if args.device == "cpu":
         torch.set_num_threads(1)  # the CPU run is the CI check: one thread keeps it steady on shared cores
     import_comfy(args.comfyui, args.device)

@@ -47,6 +47,7 @@ class Context:
         self.size = args.size
         self.real = args.networks == "real"
         self.steps = args.steps
+        self.warmup = 2 if self.device.type == "cuda" else 1
         self.peak, self.peak_name = peak_tflops(self.device)
         self._models_dir = args.models_dir
 
@@ -60,8 +61,8 @@ class Context:
                 "profile": self.args.profile, "timed steps per row": self.steps,
                 "torch": torch.__version__, "diffusers": diffusers.__version__, "ComfyUI": self.args.comfyui,
                 "started": time.strftime("%Y-%m-%d %H:%M:%S"), "physical floor": PHYSICAL_FLOOR,
-                "figures": "per-step rows: median seconds between consecutive step callbacks after a 2-step "
-                           "warm-up; TFLOP/step from torch's FlopCounterMode over one step; 'of peak' = "
+                "figures": f"per-step rows: median seconds between consecutive step callbacks after a "
+                           f"{self.warmup}-step warm-up; TFLOP/step from torch's FlopCounterMode over one step; 'of peak' = "
                            "TFLOP/step / s/step / the GPU's peak"}
 
     def models_dir(self) -> str:
@@ -194,7 +195,7 @@ def measure_comfy(ctx: Context, report, name: str, setup, size) -> None:
     flops = count_flops(lambda: cs.time_steps(*setup, steps=1, **options))
     cs.unload_all()
     with PeakMemory(ctx.device) as peak:
-        cs.time_steps(*setup, steps=2, **options)
+        cs.time_steps(*setup, steps=ctx.warmup, **options)
         seconds = cs.time_steps(*setup, steps=ctx.steps + 1, **options)
     target = "<= 10 GB at 1024x1024" if name == "stage2_both" and ctx.real else ""
     add_step_row(ctx, report, name, seconds, peak.mb, peak.scope, flops, target=target,
@@ -223,7 +224,7 @@ def measure_runner(ctx: Context, report, name: str, run) -> None:
 
     flops = count_flops(lambda: run(1, None))
     with PeakMemory(ctx.device) as peak:
-        run(2, None)
+        run(ctx.warmup, None)
         run(ctx.steps + 1, stamp)
     seconds = [b - a for a, b in zip(stamps, stamps[1:])]
     add_step_row(ctx, report, name, seconds, peak.mb, peak.scope + ", weights already on the device", flops,

@@ -2,7 +2,7 @@
 folder's files (real size: the real-size factory's; --networks tiny: the tests' tiny ones).
 
 - swinir_tiles: tiled SwinIR cleanup (DiffBIR's config) of a 2S x 2S image, tiles per second
-  (512 px tiles, stride 256, scaled by S/1024; bf16 where usable, as the node runs it);
+  (512 px tiles, stride 256, scaled by S/1024 down to 128; bf16 where usable, as the node runs it);
 - dwpose: one S/2 x S photo through DWPose (ONNX Runtime, CUDA where onnxruntime has it). The factory's DWPose
   graphs have the real inputs and outputs but tiny compute (testing/tiny/dwpose.py): the figure is the
   pipeline around the networks, not YOLOX-L and RTMPose-L;
@@ -74,7 +74,7 @@ def swinir_row(ctx, report) -> None:
 
     model = load_swinir(os.path.join(_folder(ctx, "upscale_models"), "general_swinir_v1.ckpt"))
     model.to(ctx.device)
-    tile = max(64, 512 * ctx.size // 1024)
+    tile = max(128, 512 * ctx.size // 1024)
     images = torch.rand(1, 3, 2 * ctx.size, 2 * ctx.size, generator=torch.Generator().manual_seed(0))
     tiles: list[int] = []
 
