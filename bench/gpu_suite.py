@@ -26,6 +26,7 @@ import time
 import traceback
 
 import suite_rows
+from suite_server import FAST_STEPS
 from suite_report import Report
 
 GROUPS = suite_rows.GROUPS  # group -> its rows, in order
@@ -43,8 +44,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="12gb: cap this process and the server at 12 GiB of VRAM and run the 12 GB rows")
     parser.add_argument("--only", default="", help="comma-separated row or group names (default: all)")
     parser.add_argument("--steps", type=int, default=None, help="timed steps per row (default 8 CUDA, 2 CPU)")
-    parser.add_argument("--workflow-steps", type=int, default=30,
-                        help="steps of each sampler in the workflow rows (default 30: the fast mode's bound)")
+    parser.add_argument("--workflow-steps", type=int, default=FAST_STEPS,
+                        help=f"steps of each sampler in the workflow rows (default {FAST_STEPS}: the fast mode's bound)")
     parser.add_argument("--comfyui", default=os.environ.get("DIFFBODY_COMFYUI_DIR"),
                         help="the ComfyUI folder (default $DIFFBODY_COMFYUI_DIR)")
     parser.add_argument("--models-dir", default=None, help="models folder for the server and stage-0 rows")

@@ -35,16 +35,18 @@ def stage2_networks(kind: str, comfyui_dir: str, device, dtype) -> Stage2Network
 
 def multiprior(nets: Stage2Networks):
     """Our multi-prior ControlNet copied from the SDXL UNet, as DiffBody's init makes it (fusion and zero convs
-    zero; the work per step does not depend on their values), on the device in float32 (cast by the caller)."""
+    zero; the work per step does not depend on their values), in the suite's dtype, made on the device and left
+    on the CPU as the loader leaves it (ComfyUI loads it for sampling, so a setup's peak counts it)."""
     from comfyui_diffbody.models.multiprior_controlnet import MultiPriorControlNet, MultiPriorControlNetConfig
 
     if nets.kind == "tiny":
         from comfyui_diffbody.testing.tiny.stage2 import build_tiny_multiprior
 
-        return build_tiny_multiprior(seed=0, unet=nets.unet).to(nets.device)
+        return build_tiny_multiprior(seed=0, unet=nets.unet).to("cpu", nets.dtype)
     config = MultiPriorControlNetConfig.from_unet_config(nets.unet.config)
     with torch.device(nets.device):
-        return MultiPriorControlNet.from_unet_state_dict(nets.unet.state_dict(), config).eval()
+        network = MultiPriorControlNet.from_unet_state_dict(nets.unet.state_dict(), config)
+    return network.to(nets.dtype).to("cpu").eval()
 
 
 def stock_controlnet(nets: Stage2Networks):
@@ -57,15 +59,16 @@ def stock_controlnet(nets: Stage2Networks):
 
 
 def colour_adapter(nets: Stage2Networks):
-    """The colour adapter (IP-Adapter Plus XL layout) on the device in the suite's dtype."""
+    """The colour adapter (IP-Adapter Plus XL layout) as its loader gives it to the node: float32 on the CPU (the
+    node projects the CLIP features there; ComfyUI loads it with the UNet)."""
     if nets.kind == "tiny":
         from comfyui_diffbody.testing.tiny.stage2 import build_tiny_colour_adapter, tiny_sdxl_unet_config
 
-        return build_tiny_colour_adapter(tiny_sdxl_unet_config(), seed=0).to(nets.device, nets.dtype)
+        return build_tiny_colour_adapter(tiny_sdxl_unet_config(), seed=0).float()
     from comfyui_diffbody.testing.realsize.networks import module_from_spec
     from comfyui_diffbody.testing.realsize.stage2_files import meta_ip_adapter_plus_xl
 
-    return module_from_spec(meta_ip_adapter_plus_xl(), device=nets.device, dtype=nets.dtype)
+    return module_from_spec(meta_ip_adapter_plus_xl(), device=nets.device, dtype=torch.float32).to("cpu")
 
 
 def clip_vision(nets: Stage2Networks):
