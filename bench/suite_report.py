@@ -8,7 +8,6 @@ import os
 import time
 from pathlib import Path
 
-MB = 1024 * 1024
 # Dense fp16/bf16 tensor-core peaks (TFLOP/s, no sparsity) from the vendors' data sheets, by device-name substring.
 PEAK_TFLOPS = {"H200": 989.4, "H100 SXM": 989.4, "H100 NVL": 835.0, "H100 PCIe": 756.0, "H100": 756.0,
                "A100": 312.0, "L40S": 362.1, "L4": 121.0, "RTX 4090": 165.2, "A10G": 70.0}
@@ -43,41 +42,25 @@ def count_flops(run) -> float:
 
 
 class PeakMemory:
-    """Peak memory of a block: on CUDA torch.cuda.max_memory_allocated above what was allocated when the block
-    began (the block's own weights and activations); on the CPU the process's resident-set peak (VmHWM, reset
-    when the block begins), Python, torch and everything held included."""
+    """Peak memory of a block, through bench/stage2_step.py's readings: on CUDA torch.cuda.max_memory_allocated
+    above what was allocated when the block began (the block's own weights and activations); on the CPU the
+    process's resident-set peak (VmHWM, reset when the block begins; Python, torch and all it holds included)."""
 
     def __init__(self, device):
         self.device, self.mb, self.scope = device, None, ""
 
     def __enter__(self):
-        import gc
+        from stage2_step import start_peak_memory
 
-        import torch
-
-        from process_memory import reset_peak_rss
-
-        gc.collect()
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats(self.device)
-            self.before = torch.cuda.memory_allocated(self.device)
-            self.scope = "VRAM above what the suite held before"
-        else:
-            self.scope = "process peak RSS" if reset_peak_rss() else "process peak RSS (whole run)"
+        self.before, self._reset = start_peak_memory(self.device)
+        self.scope = ("VRAM above what the suite held before" if self.device.type == "cuda" else
+                      "process peak RSS" if self._reset == "reset" else "process peak RSS (whole run)")
         return self
 
     def __exit__(self, *exc):
-        import torch
+        from stage2_step import read_peak_memory
 
-        from process_memory import proc_status_mb, whole_process_peak_mb
-
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            self.mb = (torch.cuda.max_memory_allocated(self.device) - self.before) / MB
-        else:
-            self.mb = proc_status_mb("VmHWM") if self.scope == "process peak RSS" else whole_process_peak_mb()
+        self.mb = read_peak_memory(self.device, self._reset) - (self.before if self.device.type == "cuda" else 0.0)
         return False
 
 
