@@ -123,7 +123,7 @@ class SuiteServer:
                 "work_s": total - caption - loading, "nodes_s": by_class,
                 "peak_mb": memory.get("cuda_peak_mb", memory["rss_peak_mb"]),
                 "peak_scope": "server VRAM (max_memory_allocated)" if "cuda_peak_mb" in memory
-                else "server peak RSS"}
+                else "server peak RSS" + (" (whole server run)" if memory.get("rss_peak_scope") else "")}
 
 
 def run_workflows(ctx, report, rows: list[str]) -> None:
