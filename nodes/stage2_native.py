@@ -1,107 +1,15 @@
-"""Stage 2 inside ComfyUI's own sampler: a ControlBase subclass for the multi-prior ControlNet and an
-attn2 replace patch for the colour adapter.
+"""The colour adapter inside ComfyUI's own sampler: an attn2 patch on the SDXL MODEL (the multi-prior
+ControlNet is nodes/multiprior_native.py).
 
-This is the one node module besides glue.py that imports ComfyUI at module level: it subclasses
-ComfyUI's ControlBase. The node definitions (nodes/stage2.py) import it only when a node runs.
+It imports ComfyUI at module level; the node definitions (nodes/stage2.py) import it only when a node runs.
 """
 
 from __future__ import annotations
 
 import copy
 
-import comfy.controlnet
-import comfy.model_management
-import comfy.utils
 import torch
 from comfy.ldm.modules.attention import optimized_attention
-
-from ..models.multiprior_controlnet import PRIORS, MultiPriorControlNet
-from . import glue
-
-
-class MultiPriorControl(comfy.controlnet.ControlBase):
-    """DiffBody's multi-prior ControlNet as a CONTROL_NET: stacks with other ControlNets, follows
-    start/end percent and strength like ComfyUI's own, and lets ComfyUI load/offload the network.
-
-    Priors come as IMAGEs (B,H,W,C in 0..1), converted once through the glue; c_g is computed once per
-    latent size per run.
-    With every prior strength (or the strength) at 0 it adds nothing, so sampling is exactly that of
-    the unconditioned model."""
-
-    def __init__(self, patcher):
-        super().__init__()
-        self.control_model_wrapped = patcher
-        self.control_model: MultiPriorControlNet = patcher.model
-        self.priors: dict[str, torch.Tensor] = {}
-        self.prior_strengths: dict[str, float] = {}
-        self.model_sampling_current = None
-        self.cond_embedding = None
-
-    def set_priors(self, priors: dict, strengths: dict, strength: float, percent_range: tuple[float, float]):
-        unknown = set(priors) - set(PRIORS)
-        if unknown:
-            raise ValueError(f"DiffBody: unknown priors {sorted(unknown)}; expected {PRIORS}")
-        self.priors = {name: glue.comfy_to_bchw(image) for name, image in priors.items() if image is not None}
-        self.prior_strengths = {name: float(strengths.get(name, 0.0)) for name in self.priors}
-        self.strength = strength
-        self.timestep_percent_range = percent_range
-        return self
-
-    def set_cond_hint(self, cond_hint, strength=1.0, timestep_percent_range=(0.0, 1.0), vae=None, extra_concat=[]):
-        # ComfyUI's stock "Apply ControlNet" hands one image as (B,3,H,W): back to IMAGE, the cleaned-image prior.
-        super().set_cond_hint(cond_hint, strength, timestep_percent_range, vae, extra_concat)
-        return self.set_priors({"image": cond_hint.movedim(1, -1)}, {"image": 1.0}, strength, timestep_percent_range)
-
-    def active(self) -> bool:
-        return MultiPriorControlNet.is_active(self.prior_strengths, self.strength)
-
-    def get_control(self, x_noisy, t, cond, batched_number, transformer_options):
-        control_prev = None
-        if self.previous_controlnet is not None:
-            control_prev = self.previous_controlnet.get_control(x_noisy, t, cond, batched_number, transformer_options)
-        if self.timestep_range is not None and (t[0] > self.timestep_range[0] or t[0] < self.timestep_range[1]):
-            return control_prev
-        if not self.active():
-            return control_prev
-        dtype = next(self.control_model.parameters()).dtype
-        size = (x_noisy.shape[-2] * 8, x_noisy.shape[-1] * 8)
-        if self.cond_embedding is None or self.cond_embedding.shape[-2:] != x_noisy.shape[-2:]:
-            resized = {name: comfy.utils.common_upscale(image, size[1], size[0], "bilinear", "center")
-                       .to(x_noisy.device, dtype) for name, image in self.priors.items()}
-            with torch.no_grad():
-                self.cond_embedding = self.control_model.embed_priors(resized, self.prior_strengths)
-        cond_embedding = self.cond_embedding
-        if cond_embedding.shape[0] != x_noisy.shape[0]:
-            cond_embedding = comfy.controlnet.broadcast_image_to(cond_embedding, x_noisy.shape[0], batched_number)
-        context = cond.get("crossattn_controlnet", cond["c_crossattn"]).to(x_noisy.device, dtype)
-        y = cond["y"].to(x_noisy.device, dtype)
-        timestep = self.model_sampling_current.timestep(t).to(dtype)
-        x_in = self.model_sampling_current.calculate_input(t, x_noisy).to(dtype)
-        with torch.no_grad():
-            down, mid = self.control_model(x_in, timestep, context, y, cond_embedding)
-        # ComfyUI's UNet pops "output" residuals from the end as it pops its skips: encoder order.
-        return self.control_merge({"output": list(down), "middle": [mid]}, control_prev, output_dtype=None)
-
-    def copy(self):
-        c = MultiPriorControl(self.control_model_wrapped)
-        self.copy_to(c)
-        c.priors, c.prior_strengths = dict(self.priors), dict(self.prior_strengths)
-        return c
-
-    def get_models(self):
-        return super().get_models() + [self.control_model_wrapped]
-
-    def pre_run(self, model, percent_to_timestep_function):
-        super().pre_run(model, percent_to_timestep_function)
-        self.model_sampling_current = model.model_sampling
-
-    def cleanup(self):
-        self.model_sampling_current = None
-        self.cond_embedding = None
-        super().cleanup()
-
-    def inference_memory_requirements(self, dtype):
-        return super().inference_memory_requirements(dtype) + comfy.model_management.module_size(self.control_model)
 
 
 class ColourAttention:
