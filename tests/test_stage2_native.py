@@ -269,7 +269,7 @@ def compare(calls, control_range, adapter_range, tokens):
 
 out = {}
 calls, patch = native_run((0.0, 1.0), (0.0, 1.0))
-comfy_tokens = {"cond": patch.cond_tokens, "uncond": patch.uncond_tokens}
+comfy_tokens = {"cond": patch.run.cond_tokens, "uncond": patch.run.uncond_tokens}
 out["full"] = compare(calls, (0.0, 1.0), (0.0, 1.0), comfy_tokens)
 out["full_pipeline_tokens"] = compare(calls, (0.0, 1.0), (0.0, 1.0), pipeline_tokens)
 out["tokens_cond"] = diff(comfy_tokens["cond"], pipeline_tokens["cond"])
@@ -357,13 +357,81 @@ one["core_classes"] = {"control": isinstance(original, comfy.controlnet.ControlN
                        "ops": type(original.control_model.input_blocks[0][0]).__module__ == "comfy.ops"}
 out["one_call"] = one
 
+# -- the colour adapter's attn2 patch composes with other packs' patches ------------------------------------
+import comfy.ldm.modules.attention as comfy_attention
+
+
+class Offset:
+    """Another pack's attn2 replace patch: the attention plus a constant."""
+    calls = 0
+
+    def __call__(self, q, k, v, extra_options):
+        Offset.calls += 1
+        return comfy_attention.optimized_attention(q, k, v, extra_options["n_heads"]) + 0.5
+
+
+locations = comfy_attn2_locations(base.model.model_config.unet_config)
+other = base.clone()
+for location in locations:
+    other.set_model_attn2_replace(Offset(), *location)
+
+
+def layer_patch(model, index=1):
+    return model.model_options["transformer_options"]["patches_replace"]["attn2"][locations[index]]
+
+
+attn2 = comfy_attn2(base.model.diffusion_model, locations[1])
+q_in = torch.randn(2, 16, attn2.to_q.out_features, generator=g)
+k_in, v_in = (torch.randn(2, 77, attn2.to_q.out_features, generator=g) for _ in range(2))
+calls_seen = []
+
+
+def options(**more):
+    return {"n_heads": attn2.heads, "sigmas": torch.tensor([3.0, 3.0]), "cond_or_uncond": [0, 1],
+            "attn_precision": None, **more}
+
+
+def adapted(model):
+    return adapter_node.apply(model, ColourAdapterFile(adapter_file), TinyCLIPVision(clip_vision), restored_bhwc,
+                              ADAPTER_WEIGHT, 0.0, 1.0)[0]
+
+
+def ip_term(out, q, k, v, extra_options, **kwargs):  # ComfyUI_IPAdapter_plus's callback signature
+    calls_seen.append(kwargs["tag"])
+    return torch.full_like(out, 0.25)
+
+
+def override(func, *args, **kwargs):  # an attention override (SageAttention-style packs)
+    calls_seen.append("override")
+    return func(*args, **kwargs)
+
+
+with torch.no_grad():
+    alone = layer_patch(adapted(base))(q_in, k_in, v_in, options())
+    on_other = layer_patch(adapted(other))(q_in, k_in, v_in, options())
+    later = layer_patch(adapted(base))
+    later.add(ip_term, sigma_start=100.0, sigma_end=0.0, tag="in window")
+    later.add(ip_term, sigma_start=0.1, sigma_end=0.0, tag="outside")
+    with_added = later(q_in, k_in, v_in, options())
+    added_calls = list(calls_seen)
+    calls_seen.clear()
+    overridden = layer_patch(adapted(base))(q_in, k_in, v_in, options(optimized_attention_override=override))
+twice = adapted(adapted(base))
+out["compose"] = {"previous_kept": diff(on_other - alone, torch.full_like(alone, 0.5)), "previous_calls": Offset.calls,
+                  "adapter_effect": diff(alone, comfy_attention.optimized_attention(q_in, k_in, v_in, attn2.heads)),
+                  "added": diff(with_added - alone, torch.full_like(alone, 0.25)), "added_calls": added_calls,
+                  "override_calls": calls_seen.count("override"), "override_unchanged": diff(overridden, alone),
+                  "override_supported": hasattr(comfy_attention, "wrap_attn"),
+                  "twice_wraps": layer_patch(twice).previous is not None and
+                  len(twice.get_additional_models_with_key("diffbody_colour_adapter")) == 2}
+
 # A clone of the adapted MODEL (what every later node that patches it makes) shares the adapter and its tokens:
 # ComfyUI 0.3.75's ModelPatcher.clone() deep-copies model_options, patches included.
 adapted, = adapter_node.apply(base, ColourAdapterFile(adapter_file), TinyCLIPVision(clip_vision), restored_bhwc,
                               ADAPTER_WEIGHT, 0.0, 1.0)
 originals = list(adapted.model_options["transformer_options"]["patches_replace"]["attn2"].values())
 copies = list(adapted.clone().model_options["transformer_options"]["patches_replace"]["attn2"].values())
-out["clone_shares_adapter"] = all(c.adapter is o.adapter and c.cond_tokens is o.cond_tokens and c is not o
+out["clone_shares_adapter"] = all(c.run is o.run and c is not o
                                   for c, o in zip(copies, originals)) and len(copies) == len(originals) > 0
 print("RESULT " + json.dumps(out))
 '''
@@ -455,3 +523,16 @@ def test_a_per_gpu_clone_is_independent(native):
     assert r.pop("before") < TOLERANCE < EFFECT < r.pop("clone_after_edit")
     assert r == {"registered": True, "own_patcher": True, "shared_tensors": 0,
                  "original_unchanged_after_clone_edit": True}
+
+
+def test_the_colour_adapter_composes_with_other_attn2_patches(native):
+    """A patch already at a layer stays (its output is the base), a later IPAdapter_plus-style `add` adds its
+    term inside its sigma window only, attention overrides in the transformer options reach both attentions,
+    and a second colour adapter wraps the first and registers its own weights."""
+    r = native["compose"]
+    assert r["previous_kept"] < TOLERANCE and r["previous_calls"] == 1
+    assert r["adapter_effect"] > EFFECT
+    assert r["added"] < TOLERANCE and r["added_calls"] == ["in window"]
+    assert r["override_unchanged"] < TOLERANCE
+    assert r["override_calls"] == (2 if r["override_supported"] else 0)
+    assert r["twice_wraps"]
