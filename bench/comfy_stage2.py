@@ -96,12 +96,12 @@ def _controlnet_on_config(diffusers_state_dict, unet_config: dict, dtype):
 
 
 def multiprior_control(network, dtype):
-    """CONTROL_NET of our multi-prior ControlNet (a MultiPriorControlNet module, cast to `dtype`), as
-    'DiffBody Multi-Prior ControlNet Loader' returns it. The one place that makes ours: switch it here."""
-    from comfyui_diffbody.nodes import glue
-    from comfyui_diffbody.nodes.stage2_native import MultiPriorControl
+    """CONTROL_NET of our multi-prior ControlNet from a MultiPriorControlNet module's config and weights, as
+    'DiffBody Multi-Prior ControlNet Loader' makes it from its file: core's ControlNet network and ops in
+    `dtype` (nodes/multiprior_native.py). The one place that makes ours."""
+    from comfyui_diffbody.nodes.multiprior_native import multiprior_control as native_control
 
-    return MultiPriorControl(glue.wrap_for_memory_management(network.to(dtype).eval()))
+    return native_control(network.config, network.state_dict(), dtype)
 
 
 def sdxl_conditioning(context, pooled, negative_context, negative_pooled):
