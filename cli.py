@@ -389,8 +389,8 @@ def summary(args, count: int) -> str:
     if args.save_priors and args.mode == "public":
         written += ", priors *_ir.png, *_pose.png/.json, *_depth.png, *_normal.png (estimated) and *_caption.txt"
     elif args.save_priors:
-        written += (", priors *_ir.png, *_pose.png/.json, *_stage1.png (I_res), *_depth.png, *_normal.png, "
-                    "*_caption.txt and *_recaption.txt")
+        captions = "*_caption.txt" if args.no_recaption or args.fast else "*_caption.txt and *_recaption.txt"
+        written += f", priors *_ir.png, *_pose.png/.json, *_stage1.png (I_res), *_depth.png, *_normal.png, {captions}"
     mode = " (public-weights mode)" if args.mode == "public" else ""
     return f"Wrote DiffBody results{mode}{label} for {count} image(s) to {args.out}: {written}."
 
