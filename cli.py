@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .models.files import default_models_dir
-from .pipelines.presets import MODES, PUBLIC_DEPTH_MODEL, PUBLIC_NORMAL_SOURCE
+from .pipelines.presets import FAST, MODES, PUBLIC_DEPTH_MODEL, PUBLIC_NORMAL_SOURCE
 
 if TYPE_CHECKING:
     import torch
@@ -86,19 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help=f"public mode: a Marigold normals folder in diffbody/priors/, or '{FROM_DEPTH}': normals "
                               "from the depth map's slopes (no extra model, coarser)")
     restore.add_argument("--negative-prompt", default="", help="negative prompt for both diffusion stages")
-    # Names are checked against the pipelines' lists after parsing (importing them here would load torch
-    # for --help).
-    restore.add_argument("--size-mode", default="bucket",
-                         help="bucket (the paper's training sizes) or native (the image's own size)")
-    restore.add_argument("--stage1-scheduler", default=None, help="ddpm (the paper's, the default), ddim or dpmpp_2m")
-    restore.add_argument("--stage1-steps", type=int, default=None,
-                         help="default: the paper's 200 for ddpm, else the scheduler's usual count")
-    restore.add_argument("--stage1-cfg", type=float, default=None, help="default: the mode's (7.5, SD 2.1's usual)")
-    restore.add_argument("--stage2-scheduler", default=None, help="ddpm (the paper's, the default), ddim, dpmpp_2m or euler")
-    restore.add_argument("--stage2-steps", type=int, default=None,
-                         help="default: the paper's 200 for ddpm, else the scheduler's usual count")
-    restore.add_argument("--cfg", type=float, default=None,
-                         help="stage-2 classifier-free guidance scale (default: the mode's, 5.0)")
+    _add_sampling_arguments(restore)
     restore.add_argument("--strengths", type=float, nargs=4, default=None,
                          metavar=("A1", "A2", "A3", "A4"),
                          help="stage-2 prior strengths for I_ir, I_pose, I_depth, I_normal (default: the mode's, "
@@ -113,6 +101,29 @@ def build_parser() -> argparse.ArgumentParser:
     restore.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"],
                          help="auto: float16 on CUDA, float32 on the CPU")
     return parser
+
+
+def _add_sampling_arguments(restore: argparse.ArgumentParser) -> None:
+    """Working size, speed profile, schedulers, steps and guidance of the two diffusion stages."""
+    # Names are checked against the pipelines' lists after parsing (importing them here would load torch
+    # for --help).
+    restore.add_argument("--size-mode", default="bucket",
+                         help="bucket (the paper's training sizes) or native (the image's own size)")
+    restore.add_argument("--fast", action="store_true",
+                         help=f"speed profile: {FAST.stage1_scheduler} at {FAST.stage1_steps} + {FAST.stage2_steps} "
+                              "steps instead of the paper's DDPM 200 + 200, and stage 2 reuses the first caption "
+                              "(no re-caption: one LLaVA call fewer per image); the options below still override")
+    restore.add_argument("--stage1-scheduler", default=None,
+                         help="ddpm (the paper's, the default), ddim, dpmpp_2m or dpmpp_2m_karras")
+    restore.add_argument("--stage1-steps", type=int, default=None,
+                         help="default: the paper's 200 for ddpm, else the scheduler's usual count")
+    restore.add_argument("--stage1-cfg", type=float, default=None, help="default: the mode's (7.5, SD 2.1's usual)")
+    restore.add_argument("--stage2-scheduler", default=None,
+                         help="ddpm (the paper's, the default), ddim, dpmpp_2m, dpmpp_2m_karras or euler")
+    restore.add_argument("--stage2-steps", type=int, default=None,
+                         help="default: the paper's 200 for ddpm, else the scheduler's usual count")
+    restore.add_argument("--cfg", type=float, default=None,
+                         help="stage-2 classifier-free guidance scale (default: the mode's, 5.0)")
 
 
 def collect_images(inputs: list[Path]) -> list[Path]:
@@ -293,11 +304,12 @@ def restore_options(args, device):
     """RestoreOptions from the parsed arguments; what the user left out comes from the mode's defaults
     (pipelines/presets.py, the same values the bundled workflows carry)."""
     from .models.devices import pick_dtype
-    from .pipelines.presets import MODE_DEFAULTS
+    from .pipelines.presets import MODE_DEFAULTS, with_speed
     from .pipelines.restore import RestoreOptions
     from .pipelines.stage0 import Stage0Options
 
-    preset = MODE_DEFAULTS[args.mode]
+    preset = with_speed(MODE_DEFAULTS[args.mode], FAST) if args.fast else MODE_DEFAULTS[args.mode]
+    recaption = not args.no_recaption and (FAST.recaption if args.fast else True)
 
     def given_or(value, default):
         return default if value is None else value
@@ -316,7 +328,7 @@ def restore_options(args, device):
     return RestoreOptions(
         mode=args.mode, stage0=Stage0Options(upscale=given_or(args.upscale, preset.upscale), tile_size=args.tile_size,
                                              tile_stride=args.tile_stride, seed=seed),
-        stage0_only=args.stage0_only, recaption=not args.no_recaption, size_mode=args.size_mode,
+        stage0_only=args.stage0_only, recaption=recaption, size_mode=args.size_mode,
         stage1_scheduler=stage1_scheduler,
         stage1_steps=steps(args.stage1_steps, stage1_scheduler, preset.stage1_scheduler, preset.stage1_steps),
         stage1_cfg=given_or(args.stage1_cfg, preset.stage1_cfg),
@@ -474,8 +486,8 @@ def summary(args, count: int) -> str:
     if args.save_priors and args.mode == "public":
         written += ", priors *_ir.png, *_pose.png/.json, *_depth.png, *_normal.png (estimated) and *_caption.txt"
     elif args.save_priors:
-        written += (", priors *_ir.png, *_pose.png/.json, *_stage1.png (I_res), *_depth.png, *_normal.png, "
-                    "*_caption.txt and *_recaption.txt")
+        captions = "*_caption.txt" if args.no_recaption or args.fast else "*_caption.txt and *_recaption.txt"
+        written += f", priors *_ir.png, *_pose.png/.json, *_stage1.png (I_res), *_depth.png, *_normal.png, {captions}"
     mode = " (public-weights mode)" if args.mode == "public" else ""
     return f"Wrote DiffBody results{mode}{label} for {count} image(s) to {args.out}: {written}."
 
