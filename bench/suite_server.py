@@ -4,8 +4,9 @@ server's peak memory from the probe node (bench/comfy_probe). Each workflow runs
 size: the first run loads the models (its time is kept as `cold_s`); the second, with every model loaded,
 is the figure. With --networks tiny the stock loaders are swapped for the tests' stand-ins (tests/workflow_tools.py).
 
-Fast settings: both samplers at --workflow-steps (default FAST_STEPS, issue 16's fast mode is at most 30 + 30),
-everything else as bundled. The paper's settings (200 + 200 DDPM) are extrapolated from the fast run and the per-step rows.
+Fast settings: the bundled fast variants (`diffbody_full_fast`, `diffbody_public_fast`: pipelines/presets.py's
+FAST profile, DPM++ 2M Karras at 25 + 25 steps, p reused for stage 2), --workflow-steps overriding both samplers'
+steps (the CPU test runs 2), everything else as bundled. The paper's settings (200 + 200 DDPM) are extrapolated from the fast run and the per-step rows.
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ if str(TESTS_DIR) not in sys.path:
 from comfy_harness import ComfyServer, execution_error, make_base_dir  # noqa: E402
 from workflow_tools import load_workflow, with_test_stand_ins  # noqa: E402
 
-FAST_STEPS = 30
+from comfyui_diffbody.pipelines.presets import FAST  # noqa: E402
+
+FAST_STEPS = FAST.stage2_steps
 PAPER_STEPS = 200
 PROBE = Path(__file__).resolve().parent / "comfy_probe"
 CAPTION_NODES = ("DiffBodyLlavaCaption",)
@@ -35,7 +38,7 @@ CAP_GIB = 12
 
 
 def prompt_for(ctx, name: str, image: str) -> dict:
-    """The bundled API workflow on `image` with --workflow-steps per sampler. Tiny networks: the stock loaders'
+    """The bundled API workflow `name` on `image` with --workflow-steps per sampler. Tiny networks: the stock loaders'
     test stand-ins, and stage 1 at the photo's own size (its bucket is 512x1024 whatever S; at S = 1024 the
     photo is that bucket, so both modes run the same)."""
     prompt = load_workflow(f"{name}_api.json")
@@ -130,7 +133,8 @@ def run_workflows(ctx, report, rows: list[str]) -> None:
     width, height = ctx.size // 2, ctx.size
     with SuiteServer(ctx) as server:
         photos = write_photos(server.input, width, height)
-        for row, name in (("workflow_full_fast", "diffbody_full"), ("workflow_public_fast", "diffbody_public")):
+        for row, name in (("workflow_full_fast", "diffbody_full_fast"),
+                          ("workflow_public_fast", "diffbody_public_fast")):
             if row not in rows and not (row == "workflow_full_fast" and "paper_settings_extrapolated" in rows):
                 continue
             cold = server.run(prompt_for(ctx, name, photos[0]))
