@@ -36,16 +36,23 @@ class AdapterRun:
         per_kind = {kind: self._cached(layer_index, kind, like) for kind in set(cond_or_uncond)}
         per_chunk = batch // len(cond_or_uncond)
         chunks = [per_kind[kind] for kind in cond_or_uncond]
-        return tuple(torch.cat([c[i].expand(per_chunk, -1, -1) for c in chunks]) for i in (0, 1))
+        return tuple(torch.cat([_repeat_to(c[i], per_chunk) for c in chunks]) for i in (0, 1))
 
     def _cached(self, layer_index: int, kind: int, like: torch.Tensor):
         key = (layer_index, kind, like.device, like.dtype)
         if key not in self._keys_values:
             tokens = self.uncond_tokens if kind == 1 else self.cond_tokens
             with torch.no_grad():
-                k, v = self.adapter.ip_keys_values(layer_index, tokens[:1])
+                k, v = self.adapter.ip_keys_values(layer_index, tokens)  # one entry per image of I_res
             self._keys_values[key] = (k.to(like.device, like.dtype), v.to(like.device, like.dtype))
         return self._keys_values[key]
+
+
+def _repeat_to(x: torch.Tensor, n: int) -> torch.Tensor:
+    """Per-image keys/values for a chunk of n: as they are when there is one per item, else repeated."""
+    if x.shape[0] == n:
+        return x
+    return x.repeat((n + x.shape[0] - 1) // x.shape[0], 1, 1)[:n]
 
 
 class ColourAttention:
