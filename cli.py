@@ -412,7 +412,20 @@ def this_process(device_name: str) -> Process:
     return Process(state.process_index, state.num_processes, device)
 
 
+def require_accelerate() -> None:
+    """accelerate is an extra (ComfyUI does not bring it): without it, say how to get it and exit 2."""
+    from .models.errors import MissingDependency
+    from .training.loop import require_accelerate as require
+
+    try:
+        require("the command line's restore (one process, or one per GPU under `accelerate launch`)")
+    except MissingDependency as error:
+        print(error, file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 def restore(args) -> int:
+    require_accelerate()
     from accelerate import PartialState
     from accelerate.utils import gather_object
 

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import json
 import logging
 import os
@@ -50,7 +51,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import torch
 
-from ..models.errors import DiffBodyError
+from ..models.errors import DiffBodyError, MissingDependency
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -65,6 +66,18 @@ LOG_FILE = "train_log.jsonl"
 
 class TrainingError(DiffBodyError):
     """A training setting or input that cannot work, or a checkpoint that cannot be resumed."""
+
+
+def require_accelerate(what: str) -> None:
+    """Raise MissingDependency naming the extra when Hugging Face accelerate is missing: ComfyUI does not bring
+    it, so the pack's requirements leave it to training and the command line's `restore` (`what` needs it)."""
+    try:
+        importlib.import_module("accelerate")
+    except ImportError as e:
+        raise MissingDependency(
+            f"DiffBody: {what} needs Hugging Face accelerate, which the ComfyUI nodes do not need and the pack's "
+            "requirements.txt leaves out: `pip install 'accelerate>=0.34'` (the pack's extra `training` in "
+            f"pyproject.toml). (import error: {e})") from e
 
 
 @dataclass
@@ -252,6 +265,7 @@ def micro_batch_seed(seed: int, micro_batch: int, process_index: int) -> int:
 
 def make_accelerator(config: TrainConfig) -> "Accelerator":
     """The Accelerator run_training builds when the caller passes none."""
+    require_accelerate("training")
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState, PartialState
     from accelerate.utils import DistributedType, ProjectConfiguration

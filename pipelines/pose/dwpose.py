@@ -28,26 +28,53 @@ PIXEL_MEAN = np.array([123.675, 116.28, 103.53], np.float32)
 PIXEL_STD = np.array([58.395, 57.12, 57.375], np.float32)
 
 
+ONNXRUNTIME_HINT = (
+    "DWPose needs ONNX Runtime, which the pack leaves to you because its two builds provide the same "
+    "`onnxruntime` module and break each other when both are installed. Install exactly one, into ComfyUI's "
+    "Python: `pip install onnxruntime-gpu` (NVIDIA CUDA) or `pip install onnxruntime` (CPU, Apple, other GPUs). "
+    "Or choose another pose backend.")
+BOTH_ONNXRUNTIMES_HINT = (
+    "DiffBody pose: both `onnxruntime` (CPU) and `onnxruntime-gpu` are installed, and the CPU build has "
+    "replaced the CUDA one: `pip uninstall -y onnxruntime onnxruntime-gpu`, then `pip install onnxruntime-gpu`. "
+    "DWPose runs on the CPU until then.")
+
+
+def _onnxruntime():
+    """The onnxruntime module, or MissingDependency naming both of its builds."""
+    try:
+        import onnxruntime
+    except ImportError as e:
+        raise MissingDependency(f"{ONNXRUNTIME_HINT} (import error: {e})") from e
+    return onnxruntime
+
+
+def _installed(distribution: str) -> bool:
+    from importlib import metadata
+
+    try:
+        metadata.distribution(distribution)
+    except metadata.PackageNotFoundError:
+        return False
+    return True
+
+
 def onnx_providers(device: str | None = None) -> list[str]:
     """CUDA first when onnxruntime has it and the caller did not ask for the CPU, then the CPU."""
-    import onnxruntime as ort
-
+    ort = _onnxruntime()
     available = ort.get_available_providers()
     wants_gpu = device is None or not str(device).startswith("cpu")
     if wants_gpu and "CUDAExecutionProvider" in available:
         return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    if device is not None and str(device).startswith("cuda"):
-        log.warning("DiffBody pose: onnxruntime has no CUDA provider here (install onnxruntime-gpu); "
-                    "DWPose runs on the CPU.")
+    if wants_gpu and _installed("onnxruntime") and _installed("onnxruntime-gpu"):
+        log.warning(BOTH_ONNXRUNTIMES_HINT)
+    elif device is not None and str(device).startswith("cuda"):
+        log.warning("DiffBody pose: onnxruntime has no CUDA provider here (install onnxruntime-gpu instead of "
+                    "onnxruntime); DWPose runs on the CPU.")
     return ["CPUExecutionProvider"]
 
 
 def open_session(path: str, providers: list[str]):
-    try:
-        import onnxruntime as ort
-    except ImportError as e:
-        raise MissingDependency("DWPose needs onnxruntime: pip install onnxruntime "
-                                "(or onnxruntime-gpu for CUDA)") from e
+    ort = _onnxruntime()
     if not os.path.isfile(path):
         raise MissingModelFile(f"DiffBody: DWPose model file not found: {path}")
     try:

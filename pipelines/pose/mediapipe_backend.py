@@ -66,8 +66,8 @@ def import_mediapipe():
         raise MissingDependency(
             f"The MediaPipe pose backend needs {MEDIAPIPE_REQUIREMENT} (the last release with the legacy "
             f"'mp.solutions.pose' and its bundled weights), which could not be imported ({error}). "
-            f"Install it with `pip install {MEDIAPIPE_REQUIREMENT}` (or the pack's extra: "
-            "`pip install comfyui-diffbody[mediapipe]`). WARNING: it pins numpy 1.26.4, protobuf 4.25 and "
+            f"Install it with `pip install {MEDIAPIPE_REQUIREMENT}` (the pack's extra `mediapipe` in "
+            "pyproject.toml). WARNING: it pins numpy 1.26.4, protobuf 4.25 and "
             "opencv-contrib-python 4.11 and pulls jax, so in a ComfyUI environment on numpy 2.x it downgrades "
             "numpy and can break other nodes; prefer a separate venv (scripts/mediapipe_venv.sh) or the "
             "DWPose backend, which needs no such pins."
