@@ -143,6 +143,19 @@ def default_dir(models_dir: str, folder: str) -> str:
     return os.path.join(models_dir, FOLDERS[folder].relative_dir)
 
 
+def registry_models() -> list[dict[str, str]]:
+    """Every public download of the catalogue as the Comfy Registry's `[tool.comfy] Models` entries, in catalogue
+    order: `location` is the path below `ComfyUI/models/` (a folder's ends in "/"), `model_url` the file's download
+    address (a folder's: its Hugging Face repository page). scripts/registry_models.py writes them into
+    pyproject.toml; tests/test_registry.py keeps the two equal."""
+    entries = []
+    for known in KNOWN_FILES.values():
+        if known.downloadable:
+            location = "/" + FOLDERS[known.folder].relative_dir.replace(os.sep, "/") + "/" + known.filename
+            entries.append({"location": location + ("/" if known.is_dir else ""), "model_url": known.url})
+    return entries
+
+
 NODE_FETCH_HINT = "Or switch on 'auto_download' on the node to fetch it into that folder."
 
 

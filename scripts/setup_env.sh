@@ -87,6 +87,12 @@ if [ "$(cat "$venv/.pack-requirements" 2>/dev/null)" != "$req_stamp" ]; then
 fi
 # The pack itself is importable as `comfyui_diffbody` (pyproject maps that name onto the repo root);
 # editable, and redone each time so the environment always points at this checkout.
+# Its distribution was called "comfyui-diffbody" before it took the registry's id "diffbody": an old editable
+# install left in a cached venv would map `comfyui_diffbody` onto the checkout that installed it.
+if "${pip[@]}" show comfyui-diffbody >/dev/null 2>&1; then
+  log "removing the old 'comfyui-diffbody' editable install (now 'diffbody')"
+  "${pip[@]}" uninstall -y comfyui-diffbody >&2
+fi
 "${pip[@]}" install --no-deps --no-build-isolation -e "$repo" >&2
 
 if [ "${1:-}" = "--exports" ]; then
