@@ -128,6 +128,8 @@ def test_comfy_node_validate_and_the_packed_archive(tmp_path):
     tree.mkdir()
     home.mkdir()
     tracked_copy(tree)
+    # validate's security check runs `python -m ruff` and reads only its stdout: without ruff it would pass.
+    subprocess.run([sys.executable, "-m", "ruff", "--version"], capture_output=True, check=True)
     validated = comfy(["node", "validate"], tree, home)
     assert "validation checks passed" in validated and "Warning" not in validated, validated
     comfy(["node", "pack"], tree, home)
