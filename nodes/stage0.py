@@ -6,6 +6,7 @@ the work to `pipelines/`. Heavy modules are imported inside the functions that r
 
 from __future__ import annotations
 
+from ..pipelines.presets import MODE_DEFAULTS
 from . import glue
 
 CATEGORY = "DiffBody/Stage 0"
@@ -118,10 +119,18 @@ class PoseEstimator:
             "mmpose_checkpoint": ("STRING", {
                 "default": "rtmpose-l_simcc-coco-wholebody_pt-aic-coco_270e-384x288-eaeb96c8_20230125.pth",
                 "tooltip": "mmpose backend only: checkpoint file in models/diffbody/pose (from mmpose's model zoo)."}),
+            # optional and last, so workflows saved before it existed keep their widget values in place
+            "xinsir_sticks": ("BOOLEAN", {
+                "default": MODE_DEFAULTS["diffbody"].xinsir_sticks,
+                "tooltip": "On: draw the skeleton as xinsir's SDXL ControlNets (ControlNet-Union, openpose) were "
+                           "trained, limbs wider on larger images (comfyui_controlnet_aux's "
+                           "scale_stick_for_xinsr_cn): on in the public-weights workflow. Off: the pack's own "
+                           "drawing, which DiffBody's ControlNets were trained on."}),
         }}
 
     def estimate(self, image, backend, draw_hands, draw_face, dwpose_detector, dwpose_estimator, openpose_model,
-                 auto_download, mmpose_config="", mmpose_checkpoint=""):
+                 auto_download, mmpose_config="", mmpose_checkpoint="",
+                 xinsir_sticks=MODE_DEFAULTS["diffbody"].xinsir_sticks):
         from ..pipelines.pose.backends import estimate_and_draw
 
         if backend == "mmpose":
@@ -136,7 +145,7 @@ class PoseEstimator:
         images = glue.comfy_to_bchw(image)
         estimator = _cached_estimator(backend, paths, str(glue.torch_device()))
         pose_images, frames = estimate_and_draw(estimator, images, hands=draw_hands, face=draw_face,
-                                                progress=glue.progress(images.shape[0]))
+                                                xinsir_sticks=xinsir_sticks, progress=glue.progress(images.shape[0]))
         return (glue.bchw_to_comfy(pose_images), frames)
 
 
