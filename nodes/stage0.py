@@ -10,6 +10,10 @@ from ..pipelines.presets import MODE_DEFAULTS
 from . import glue
 
 CATEGORY = "DiffBody/Stage 0"
+POSE_FILE_PLACES = ("models/diffbody/pose, or where comfyui_controlnet_aux or models/dwpose keep it; present files "
+                    "listed first")
+
+
 class SwinIRLoader:
     DISPLAY_NAME = "DiffBody SwinIR Loader"
     DESCRIPTION = ("Loads DiffBIR's SwinIR cleaner (general_swinir_v1.ckpt or realesrgan_s4_swinir_100k.pth) from "
@@ -106,11 +110,11 @@ class PoseEstimator:
             "draw_hands": ("BOOLEAN", {"default": False, "tooltip": "Also draw hand keypoints (DWPose only)."}),
             "draw_face": ("BOOLEAN", {"default": False, "tooltip": "Also draw face keypoints (DWPose only)."}),
             "dwpose_detector": (glue.list_files("diffbody_pose"), {
-                "default": "yolox_l.onnx", "tooltip": "DWPose person detector (models/diffbody/pose)."}),
+                "default": "yolox_l.onnx", "tooltip": f"DWPose person detector ({POSE_FILE_PLACES})."}),
             "dwpose_estimator": (glue.list_files("diffbody_pose"), {
-                "default": "dw-ll_ucoco_384.onnx", "tooltip": "DWPose keypoint model (models/diffbody/pose)."}),
+                "default": "dw-ll_ucoco_384.onnx", "tooltip": f"DWPose keypoint model ({POSE_FILE_PLACES})."}),
             "openpose_model": (glue.list_files("diffbody_pose"), {
-                "default": "body_pose_model.pth", "tooltip": "OpenPose body model (models/diffbody/pose)."}),
+                "default": "body_pose_model.pth", "tooltip": f"OpenPose body model ({POSE_FILE_PLACES})."}),
             "auto_download": glue.auto_download_input(),
         }, "optional": {
             "mmpose_config": ("STRING", {

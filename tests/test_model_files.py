@@ -113,7 +113,8 @@ def _place(path, payload: bytes = b"") -> str:
     return str(path)
 
 
-@pytest.mark.parametrize("pack_name", ["comfyui_controlnet_aux", "comfyui-controlnet-aux", "comfyui_controlnet_aux-main"])
+@pytest.mark.parametrize("pack_name",
+                         ["comfyui_controlnet_aux", "comfyui-controlnet-aux", "comfyui_controlnet_aux-main"])
 def test_controlnet_aux_checkpoints_are_found_under_their_repo_ids(tmp_path, monkeypatch, pack_name):
     """comfyui_controlnet_aux's layout (its custom_hf_download): ckpts/<repo id>/<file>, for every known pose file."""
     monkeypatch.delenv(files.CONTROLNET_AUX_ENV, raising=False)

@@ -36,6 +36,7 @@ def reuse_server(tmp_path_factory):
     extra = base / "elsewhere" / "pose"
     extra.mkdir(parents=True)
     write_tiny_openpose(str(extra / "my_openpose.pth"))
+    (extra / "notes.txt").write_text("not a model")  # the yaml-made folder name still filters by extension
     # Depth and normal folders where other packs keep them (empty: only their listing is checked here)
     for folder in ("depthanything/Depth-Anything-V2-Small-hf", "depthanything/not-a-known-model",
                    "diffusers/marigold-normals-v1-1", "diffusers/stable-diffusion-xl-base-1.0"):
@@ -73,7 +74,7 @@ def test_the_pose_dropdowns_list_what_exists_first(reuse_server):
     listed = inputs["dwpose_detector"][0]
     assert listed == inputs["openpose_model"][0]  # one folder behind the three dropdowns
     # present: the two in controlnet_aux's folder and the one from extra_model_paths.yaml; then the absent
-    # known file; the unknown file in the other pack's folder is not offered
+    # known file; the unknown file in the other pack's folder and the .txt are not offered
     assert listed == [POSE, "my_openpose.pth", DET, "body_pose_model.pth"]
 
 
