@@ -73,8 +73,7 @@ def _other_packs_dirs(folder: str) -> list[str]:
 
     registered = {name: folder_paths.get_folder_paths(name) for name in FOLDERS[folder].shared
                   if name in folder_paths.folder_names_and_paths}
-    custom_nodes = folder_paths.get_folder_paths("custom_nodes") if "custom_nodes" in \
-        folder_paths.folder_names_and_paths else []
+    custom_nodes = list(folder_paths.folder_names_and_paths.get("custom_nodes", ([], set()))[0])
     return [d for d in shared_dirs(folder, folder_paths.models_dir, custom_nodes, registered)
             if d not in search_dirs(folder)]
 

@@ -15,14 +15,15 @@ import pytest
 from PIL import Image
 
 from comfy_harness import ComfyServer, execution_error, make_base_dir
-from conftest import person_photo
+from conftest import oldest_comfyui_or_skip, person_photo
 
 pytestmark = pytest.mark.server
 DET, POSE = "yolox_l.onnx", "dw-ll_ucoco_384.onnx"
 
 
-@pytest.fixture(scope="module")
-def reuse_server(tmp_path_factory):
+@pytest.fixture(scope="module", params=["current", "oldest"])
+def reuse_server(request, tmp_path_factory):
+    """On the current ComfyUI and on the oldest the pack claims (their folder_paths differ)."""
     from comfyui_diffbody.testing.tiny.dwpose import write_tiny_dwpose
     from comfyui_diffbody.testing.tiny.openpose import write_tiny_openpose
 
@@ -44,7 +45,9 @@ def reuse_server(tmp_path_factory):
     config = base / "extra_model_paths.yaml"
     config.write_text(f"mine:\n  base_path: {base / 'elsewhere'}\n  diffbody_pose: pose\n")
     Image.fromarray(person_photo()).resize((256, 256)).save(base / "input" / "person.png")
-    server = ComfyServer(base, extra_args=("--extra-model-paths-config", str(config))).start()
+    comfy_dir, python_path = oldest_comfyui_or_skip() if request.param == "oldest" else (None, "")
+    server = ComfyServer(base, extra_args=("--extra-model-paths-config", str(config)), comfy_dir=comfy_dir,
+                         python_path=python_path).start()
     yield server
     server.stop()
 
