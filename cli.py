@@ -64,6 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
     restore.add_argument("--tile-stride", type=int, default=256)
     restore.add_argument("--swinir", default="general_swinir_v1.ckpt", help="SwinIR file in upscale_models/")
     restore.add_argument("--pose-backend", default="dwpose", choices=["dwpose", "openpose", "mediapipe"])
+    restore.add_argument("--xinsir-sticks", action=argparse.BooleanOptionalAction, default=None,
+                         help="draw the pose skeleton as xinsir's ControlNets expect it, the limbs wider on larger "
+                              "images (comfyui_controlnet_aux's scale_stick_for_xinsr_cn) (default: the mode's, on "
+                              "in public for ControlNet-Union, off in diffbody, whose ControlNets learnt the pack's "
+                              "own drawing)")
     restore.add_argument("--no-caption", action="store_true", help="skip LLaVA captioning (empty prompts)")
     restore.add_argument("--no-recaption", action="store_true",
                          help="keep stage 0's caption for stage 2 instead of re-captioning I_res (the paper's)")
@@ -327,7 +332,8 @@ def restore_options(args, device):
     seed = given_or(args.seed, preset.seed)
     return RestoreOptions(
         mode=args.mode, stage0=Stage0Options(upscale=given_or(args.upscale, preset.upscale), tile_size=args.tile_size,
-                                             tile_stride=args.tile_stride, seed=seed),
+                                             tile_stride=args.tile_stride, seed=seed,
+                                             xinsir_sticks=given_or(args.xinsir_sticks, preset.xinsir_sticks)),
         stage0_only=args.stage0_only, recaption=recaption, size_mode=args.size_mode,
         stage1_scheduler=stage1_scheduler,
         stage1_steps=steps(args.stage1_steps, stage1_scheduler, preset.stage1_scheduler, preset.stage1_steps),

@@ -27,6 +27,10 @@ class ModelFolder:
     extensions: frozenset[str] = PT_EXTENSIONS
     # ComfyUI already defines some folders; we only add a default path for those it may lack.
     comfy_builtin: bool = False
+    # Other packs' folders holding files of this kind, searched after ours (see `shared_dirs`): ComfyUI folder
+    # names, each also looked for as a sub-folder of ComfyUI/models/. Only the names the catalogue knows are
+    # taken from them.
+    shared: tuple[str, ...] = ()
 
 
 # Folders the pack uses. ComfyUI's standard folders are reused wherever a file type already has one.
@@ -34,7 +38,9 @@ FOLDERS: dict[str, ModelFolder] = {
     f.name: f
     for f in (
         ModelFolder("diffbody", "diffbody", frozenset({".safetensors"})),
-        ModelFolder("diffbody_pose", os.path.join("diffbody", "pose"), PT_EXTENSIONS | {".onnx"}),
+        # models/dwpose: the DWPose folder of several packs (InteractAvatar registers it with folder_paths; others
+        # tell users to put yolox_l.onnx and dw-ll_ucoco_384.onnx there). comfyui_controlnet_aux: CONTROLNET_AUX.
+        ModelFolder("diffbody_pose", os.path.join("diffbody", "pose"), PT_EXTENSIONS | {".onnx"}, shared=("dwpose",)),
         ModelFolder("upscale_models", "upscale_models", comfy_builtin=True),
         ModelFolder("checkpoints", "checkpoints", comfy_builtin=True),
         ModelFolder("controlnet", "controlnet", comfy_builtin=True),
@@ -43,8 +49,11 @@ FOLDERS: dict[str, ModelFolder] = {
         ModelFolder("diffusers", "diffusers", frozenset(), comfy_builtin=True),
         # Hugging Face model folders (one sub-folder per model), shared with other LLM packs.
         ModelFolder("LLM", "LLM", frozenset()),
-        # Depth and normal estimators (Hugging Face model folders): the priors without stage-1 weights.
-        ModelFolder("diffbody_priors", os.path.join("diffbody", "priors"), frozenset()),
+        # Depth and normal estimators (Hugging Face model folders): the priors without stage-1 weights. Shared:
+        # models/depthanything (kijai/ComfyUI-DepthAnythingV2's folder) and core's diffusers folder, where
+        # kijai/ComfyUI-Marigold downloads prs-eth/marigold-normals-v1-1 as models/diffusers/marigold-normals-v1-1.
+        ModelFolder("diffbody_priors", os.path.join("diffbody", "priors"), frozenset(),
+                    shared=("depthanything", "diffusers")),
     )
 }
 
@@ -154,6 +163,82 @@ def registry_models() -> list[dict[str, str]]:
             location = "/" + FOLDERS[known.folder].relative_dir.replace(os.sep, "/") + "/" + known.filename
             entries.append({"location": location + ("/" if known.is_dir else ""), "model_url": known.url})
     return entries
+
+
+# ---- other packs' folders -----------------------------------------------------------------------------------
+
+# comfyui_controlnet_aux (Fannovel16) keeps each checkpoint at <ckpts>/<Hugging Face repo id>/<path in the repo>
+# (src/custom_controlnet_aux/util.py, custom_hf_download). <ckpts> is the pack folder's ckpts/, or the
+# `annotator_ckpts_path` of its config.yaml (relative to the pack folder, or absolute), and the environment
+# variable AUX_ANNOTATOR_CKPTS_PATH overrides both (utils.py sets it from them when the pack loads).
+CONTROLNET_AUX_PACK = "comfyui_controlnet_aux"  # its repository's and its registry id's name
+CONTROLNET_AUX_ENV = "AUX_ANNOTATOR_CKPTS_PATH"
+CONTROLNET_AUX_FOLDERS = ("diffbody_pose",)  # our folders whose known files it downloads too
+
+
+def _is_controlnet_aux(folder_name: str) -> bool:
+    """A custom_nodes folder of comfyui_controlnet_aux as git, the registry or a GitHub zip (…-main) name it."""
+    name = folder_name.lower().replace("-", "_")
+    return name.removesuffix("_main") == CONTROLNET_AUX_PACK
+
+
+def controlnet_aux_ckpts_dirs(custom_nodes_dirs: list[str]) -> list[str]:
+    """comfyui_controlnet_aux's checkpoint folders: $AUX_ANNOTATOR_CKPTS_PATH, else each installed copy's own
+    (its config.yaml's annotator_ckpts_path, else its ckpts/)."""
+    if os.environ.get(CONTROLNET_AUX_ENV):
+        return [os.environ[CONTROLNET_AUX_ENV]]
+    found = []
+    for nodes_dir in custom_nodes_dirs:
+        packs = sorted(os.listdir(nodes_dir)) if os.path.isdir(nodes_dir) else []
+        for pack in (os.path.join(nodes_dir, name) for name in packs if _is_controlnet_aux(name)):
+            if os.path.isdir(pack):
+                found.append(os.path.join(pack, _configured_ckpts_path(pack) or "ckpts"))
+    return found
+
+
+def _configured_ckpts_path(pack_dir: str) -> str | None:
+    config_path = os.path.join(pack_dir, "config.yaml")
+    if not os.path.isfile(config_path):
+        return None
+    import yaml  # PyYAML: a ComfyUI requirement
+
+    try:
+        with open(config_path, encoding="utf-8") as f:
+            config = yaml.safe_load(f)
+    except (OSError, yaml.YAMLError):
+        return None  # the pack falls back to its ckpts/ too
+    value = config.get("annotator_ckpts_path") if isinstance(config, dict) else None
+    return value if isinstance(value, str) and value else None
+
+
+def controlnet_aux_dirs(folder: str, ckpts_dirs: list[str]) -> list[str]:
+    """Where comfyui_controlnet_aux keeps the known files of one of our folders, under their own names."""
+    if folder not in CONTROLNET_AUX_FOLDERS:
+        return []
+    dirs = []
+    for known in KNOWN_FILES.values():
+        in_repo = known.repo_path or known.filename
+        if known.folder == folder and known.downloadable and os.path.basename(in_repo) == known.filename:
+            dirs += [os.path.join(root, *known.repo_id.split("/"), os.path.dirname(in_repo)) for root in ckpts_dirs]
+    return [os.path.normpath(d) for d in dict.fromkeys(dirs)]
+
+
+def shared_dirs(folder: str, models_dir: str, custom_nodes_dirs: list[str],
+                registered: "dict[str, list[str]] | None" = None) -> list[str]:
+    """The existing folders of other packs that may hold files of `folder`, in search order: the folders
+    named in its `shared` (their paths in `registered`, ComfyUI's folder_paths where a pack or
+    extra_model_paths.yaml set them, and below `models_dir`), then comfyui_controlnet_aux's."""
+    dirs = []
+    for name in FOLDERS[folder].shared:
+        dirs += list((registered or {}).get(name, [])) + [os.path.join(models_dir, name)]
+    dirs += controlnet_aux_dirs(folder, controlnet_aux_ckpts_dirs(custom_nodes_dirs))
+    return [d for d in dict.fromkeys(os.path.normpath(d) for d in dirs) if os.path.isdir(d)]
+
+
+def known_names(folder: str) -> set[str]:
+    """The names the catalogue knows in a folder (files and model folders): what is taken from shared folders."""
+    return {f.filename for f in KNOWN_FILES.values() if f.folder == folder} | \
+        {alias for f in KNOWN_FILES.values() if f.folder == folder for alias in f.aliases}
 
 
 NODE_FETCH_HINT = "Or switch on 'auto_download' on the node to fetch it into that folder."
@@ -277,9 +362,16 @@ def resolve_model_files(wanted, models_dir: Path, *, download_missing: bool, hin
     return paths
 
 
+def command_line_dirs(folder: str, models_dir: "str | Path") -> list[str]:
+    """Where the command lines look for a folder's files: its folder in `models_dir`, then other packs' folders
+    (`shared_dirs`, with the custom_nodes/ beside `models_dir` and of `comfyui_dirs()`)."""
+    custom_nodes = [str(Path(models_dir).parent / "custom_nodes")] + [str(d / "custom_nodes") for d in comfyui_dirs()]
+    return [default_dir(str(models_dir), folder)] + shared_dirs(folder, str(models_dir), custom_nodes)
+
+
 def _find_first(options: tuple[tuple[str, str], ...], models_dir: Path, download_missing: bool) -> str | None:
     for name, folder in options:
-        path = find_file(name, [default_dir(str(models_dir), folder)])
+        path = find_file(name, command_line_dirs(folder, models_dir))
         if path is not None:
             return path
     for name, folder in options if download_missing else ():

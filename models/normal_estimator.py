@@ -43,6 +43,7 @@ class MarigoldNormals:
 
         check_normals_folder(model_dir)
         pipeline = MarigoldNormalsPipeline.from_pretrained(model_dir, local_files_only=True, use_safetensors=True,
+                                                           variant=weights_variant(model_dir),
                                                            torch_dtype=dtype or torch.float32)
         return cls(pipeline.to(device))
 
@@ -94,6 +95,20 @@ class MarigoldNormals:
 
         return self.pipeline.normalize_normals(MarigoldImageProcessor.resize_antialias(normals, tuple(size), "bilinear",
                                                                                       is_aa=False))
+
+
+FP16_VARIANT = "fp16"
+
+
+def weights_variant(model_dir: str) -> str | None:
+    """"fp16" for a folder holding only the fp16 copies of some weights (kijai/ComfyUI-Marigold downloads
+    prs-eth/marigold-normals-v1-1 into models/diffusers/ that way); None when every weighted component has
+    its full-precision file."""
+    for component in WEIGHTED_COMPONENTS:
+        weights = glob.glob(os.path.join(model_dir, component, "*.safetensors"))
+        if weights and all(w.endswith(f".{FP16_VARIANT}.safetensors") for w in weights):
+            return FP16_VARIANT
+    return None
 
 
 def check_normals_folder(model_dir: str) -> None:

@@ -10,7 +10,7 @@ import os
 from typing import TYPE_CHECKING, Callable
 
 from ..models.errors import MissingModelFile
-from ..models.files import FOLDERS, KNOWN_FILES, download, find_file, missing_message
+from ..models.files import FOLDERS, KNOWN_FILES, download, find_file, known_names, missing_message
 
 if TYPE_CHECKING:
     import torch
@@ -43,7 +43,9 @@ def dtype_input(tooltip: str = COMFY_DTYPE_TOOLTIP) -> tuple:
 
 
 def register_model_folders() -> None:
-    """Add the pack's model folders to ComfyUI's `folder_paths` (called once, at pack import)."""
+    """Add the pack's model folders to ComfyUI's `folder_paths` (called once, at pack import): our own folder
+    first (after any extra_model_paths.yaml entries of the same name, which ComfyUI has read by then), then the
+    folders where other packs keep the same files (models/files.py `shared_dirs`)."""
     import folder_paths
 
     for folder in FOLDERS.values():
@@ -51,9 +53,39 @@ def register_model_folders() -> None:
         if folder.name in folder_paths.folder_names_and_paths:
             if not folder.comfy_builtin:
                 folder_paths.add_model_folder_path(folder.name, path)
-            continue
-        # A new name: set the extension filter ourselves (add_model_folder_path would list every file).
-        folder_paths.folder_names_and_paths[folder.name] = ([path], set(folder.extensions))
+                _keep_extensions(folder.name, folder.extensions)
+        else:
+            # A new name: set the extension filter ourselves (add_model_folder_path would list every file).
+            folder_paths.folder_names_and_paths[folder.name] = ([path], set(folder.extensions))
+        _SHARED_DIRS[folder.name] = _other_packs_dirs(folder.name)
+        for shared in _SHARED_DIRS[folder.name]:
+            folder_paths.add_model_folder_path(folder.name, shared)
+
+
+# Our folder name -> the other packs' folders registered under it (only known names are taken from those).
+_SHARED_DIRS: dict[str, list[str]] = {}
+
+
+def _other_packs_dirs(folder: str) -> list[str]:
+    import folder_paths
+
+    from ..models.files import shared_dirs
+
+    registered = {name: folder_paths.get_folder_paths(name) for name in FOLDERS[folder].shared
+                  if name in folder_paths.folder_names_and_paths}
+    custom_nodes = list(folder_paths.folder_names_and_paths.get("custom_nodes", ([], set()))[0])
+    return [d for d in shared_dirs(folder, folder_paths.models_dir, custom_nodes, registered)
+            if d not in search_dirs(folder)]
+
+
+def _keep_extensions(name: str, extensions) -> None:
+    """An extra_model_paths.yaml entry creates a new folder name with no extension filter (every file listed):
+    give it ours."""
+    import folder_paths
+
+    paths, existing = folder_paths.folder_names_and_paths[name]
+    if not existing and extensions:
+        folder_paths.folder_names_and_paths[name] = (paths, set(extensions))
 
 
 def search_dirs(folder: str) -> list[str]:
@@ -65,25 +97,36 @@ def search_dirs(folder: str) -> list[str]:
         return [os.path.join(folder_paths.models_dir, FOLDERS[folder].relative_dir)]
 
 
+def _from_shared_dir_only(name: str, folder: str) -> bool:
+    """Found only in another pack's folder (where we take only the names we know)."""
+    own = [d for d in search_dirs(folder) if d not in _SHARED_DIRS.get(folder, ())]
+    return find_file(name, own) is None
+
+
 def list_files(folder: str) -> list[str]:
-    """File names for a model dropdown; known files that are absent are listed too, so a workflow
-    that names them still validates and then fails with the message that says where to get them."""
+    """File names for a model dropdown: the files present first, then the known files that are absent, so a
+    workflow that names them still validates and then fails with the message that says where to get them.
+    From other packs' folders only the names the catalogue knows are listed."""
     import folder_paths
 
     try:
         present = folder_paths.get_filename_list(folder)
     except KeyError:
         present = []
-    wanted = [f.filename for f in KNOWN_FILES.values() if f.folder == folder and not f.is_dir]
-    return sorted(set(present) | set(wanted))
+    known = known_names(folder)
+    present = [name for name in present if name in known or not _from_shared_dir_only(name, folder)]
+    wanted = {f.filename for f in KNOWN_FILES.values() if f.folder == folder and not f.is_dir}
+    return present + sorted(wanted - set(present))
 
 
 def list_model_dirs(folder: str) -> list[str]:
-    """Sub-folders (Hugging Face model folders) of a folder such as models/LLM, plus known ones."""
+    """Sub-folders (Hugging Face model folders) of a folder such as models/LLM, the present ones first, then
+    the known absent ones; from other packs' folders only the known names."""
+    shared, known = _SHARED_DIRS.get(folder, ()), known_names(folder)
     present = {name for d in search_dirs(folder) if os.path.isdir(d)
-               for name in os.listdir(d) if os.path.isdir(os.path.join(d, name))}
+               for name in os.listdir(d) if os.path.isdir(os.path.join(d, name)) and (d not in shared or name in known)}
     wanted = {f.filename for f in KNOWN_FILES.values() if f.folder == folder and f.is_dir}
-    return sorted(present | wanted)
+    return sorted(present) + sorted(wanted - present)
 
 
 def model_path(filename: str, folder: str, auto_download: bool = False) -> str:

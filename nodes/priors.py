@@ -50,13 +50,14 @@ class DepthNormalEstimator:
                                            "inputs are converted to RGB."}),
             "depth_model": (_model_folders("depth"), {
                 "default": DEFAULT_DEPTH_MODEL,
-                "tooltip": "Depth model folder in models/diffbody/priors (transformers layout): Depth-Anything-V2-"
-                           "Large/Base/Small-hf or dpt-hybrid-midas (the MiDaS model the paper annotated with)."}),
+                "tooltip": "Depth model folder in models/diffbody/priors (or models/depthanything, models/diffusers; "
+                           "transformers layout): Depth-Anything-V2-Large/Base/Small-hf or dpt-hybrid-midas (the "
+                           "MiDaS model the paper annotated with)."}),
             "normal_source": ([FROM_DEPTH] + _model_folders("normals"), {
                 "default": FROM_DEPTH,
                 "tooltip": "'from depth': normals from the depth map's slopes (no extra model, coarse). Or a Marigold "
-                           "normals folder in models/diffbody/priors (marigold-normals-v1-1: sharper, a few "
-                           "diffusion steps per image)."}),
+                           "normals folder in models/diffbody/priors or models/diffusers (marigold-normals-v1-1: "
+                           "sharper, a few diffusion steps per image)."}),
             "marigold_steps": ("INT", {"default": 4, "min": 1, "max": 50,
                                        "tooltip": "Marigold only: denoising steps per image (4 is its default)."}),
             "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFF,

@@ -6,9 +6,14 @@ the work to `pipelines/`. Heavy modules are imported inside the functions that r
 
 from __future__ import annotations
 
+from ..pipelines.presets import MODE_DEFAULTS
 from . import glue
 
 CATEGORY = "DiffBody/Stage 0"
+POSE_FILE_PLACES = ("models/diffbody/pose, or where comfyui_controlnet_aux or models/dwpose keep it; present files "
+                    "listed first")
+
+
 class SwinIRLoader:
     DISPLAY_NAME = "DiffBody SwinIR Loader"
     DESCRIPTION = ("Loads DiffBIR's SwinIR cleaner (general_swinir_v1.ckpt or realesrgan_s4_swinir_100k.pth) from "
@@ -105,11 +110,11 @@ class PoseEstimator:
             "draw_hands": ("BOOLEAN", {"default": False, "tooltip": "Also draw hand keypoints (DWPose only)."}),
             "draw_face": ("BOOLEAN", {"default": False, "tooltip": "Also draw face keypoints (DWPose only)."}),
             "dwpose_detector": (glue.list_files("diffbody_pose"), {
-                "default": "yolox_l.onnx", "tooltip": "DWPose person detector (models/diffbody/pose)."}),
+                "default": "yolox_l.onnx", "tooltip": f"DWPose person detector ({POSE_FILE_PLACES})."}),
             "dwpose_estimator": (glue.list_files("diffbody_pose"), {
-                "default": "dw-ll_ucoco_384.onnx", "tooltip": "DWPose keypoint model (models/diffbody/pose)."}),
+                "default": "dw-ll_ucoco_384.onnx", "tooltip": f"DWPose keypoint model ({POSE_FILE_PLACES})."}),
             "openpose_model": (glue.list_files("diffbody_pose"), {
-                "default": "body_pose_model.pth", "tooltip": "OpenPose body model (models/diffbody/pose)."}),
+                "default": "body_pose_model.pth", "tooltip": f"OpenPose body model ({POSE_FILE_PLACES})."}),
             "auto_download": glue.auto_download_input(),
         }, "optional": {
             "mmpose_config": ("STRING", {
@@ -118,10 +123,18 @@ class PoseEstimator:
             "mmpose_checkpoint": ("STRING", {
                 "default": "rtmpose-l_simcc-coco-wholebody_pt-aic-coco_270e-384x288-eaeb96c8_20230125.pth",
                 "tooltip": "mmpose backend only: checkpoint file in models/diffbody/pose (from mmpose's model zoo)."}),
+            # optional and last, so workflows saved before it existed keep their widget values in place
+            "xinsir_sticks": ("BOOLEAN", {
+                "default": MODE_DEFAULTS["diffbody"].xinsir_sticks,
+                "tooltip": "On: draw the skeleton as xinsir's SDXL ControlNets (ControlNet-Union, openpose) were "
+                           "trained, limbs wider on larger images (comfyui_controlnet_aux's "
+                           "scale_stick_for_xinsr_cn): on in the public-weights workflow. Off: the pack's own "
+                           "drawing, which DiffBody's ControlNets were trained on."}),
         }}
 
     def estimate(self, image, backend, draw_hands, draw_face, dwpose_detector, dwpose_estimator, openpose_model,
-                 auto_download, mmpose_config="", mmpose_checkpoint=""):
+                 auto_download, mmpose_config="", mmpose_checkpoint="",
+                 xinsir_sticks=MODE_DEFAULTS["diffbody"].xinsir_sticks):
         from ..pipelines.pose.backends import estimate_and_draw
 
         if backend == "mmpose":
@@ -136,7 +149,7 @@ class PoseEstimator:
         images = glue.comfy_to_bchw(image)
         estimator = _cached_estimator(backend, paths, str(glue.torch_device()))
         pose_images, frames = estimate_and_draw(estimator, images, hands=draw_hands, face=draw_face,
-                                                progress=glue.progress(images.shape[0]))
+                                                xinsir_sticks=xinsir_sticks, progress=glue.progress(images.shape[0]))
         return (glue.bchw_to_comfy(pose_images), frames)
 
 

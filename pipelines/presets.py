@@ -8,6 +8,9 @@ widgets) and the evaluation. tests/test_presets.py pins all three to this module
   once per prior, residuals added. I_ir as *tile* at 1 carries the picture; pose, depth and normal at 0.5
   keep four summed controls from over-driving SDXL; IP-Adapter Plus XL at 0.6, because it is fed I_ir
   (there is no stage-1 I_res) and at 1 copies I_ir's blur and colour casts. Starting points, not tuned.
+- The pose skeleton: `diffbody` draws the pack's own skeleton, which DiffBody's ControlNets are trained on;
+  `public` feeds xinsir's ControlNet-Union, trained on skeletons whose limb width grows with the image
+  (`xinsir_sticks`, pipelines/pose/draw.py: comfyui_controlnet_aux's "scale_stick_for_xinsr_cn").
 - SwinIR's pre-upscale is 1 in both modes: the result has the photo's own size, which is what a
   full-reference evaluation compares and what an API client expects; raise it for small photos.
 - Stage 1's guidance 7.5 (SD 2.1's usual) and stage 2's 5.0 (SDXL's usual range): the paper states none.
@@ -36,6 +39,7 @@ class ModeDefaults:
     stage2_steps: int = 200
     stage2_cfg: float = 5.0
     seed: int = 0
+    xinsir_sticks: bool = False  # the pose skeleton drawn as xinsir's ControlNets expect it
 
 
 # The public mode's depth and normal priors: Depth Anything V2 Small (the Apache-2.0 one; Base and Large are
@@ -45,7 +49,7 @@ PUBLIC_NORMAL_SOURCE = "marigold-normals-v1-1"
 
 MODE_DEFAULTS = {
     "diffbody": ModeDefaults(upscale=1.0, strengths=(1.0, 1.0, 1.0, 1.0), adapter_weight=1.0),
-    "public": ModeDefaults(upscale=1.0, strengths=(1.0, 0.5, 0.5, 0.5), adapter_weight=0.6),
+    "public": ModeDefaults(upscale=1.0, strengths=(1.0, 0.5, 0.5, 0.5), adapter_weight=0.6, xinsir_sticks=True),
 }
 
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .presets import MODE_DEFAULTS
 from .prompts import DEFAULT_CAPTION_PROMPT
 
 
@@ -20,6 +21,7 @@ class Stage0Options:
     tile_stride: int = 256
     draw_hands: bool = False
     draw_face: bool = False
+    xinsir_sticks: bool = MODE_DEFAULTS["diffbody"].xinsir_sticks  # the skeleton as xinsir's ControlNets expect it
     caption_prompt: str = DEFAULT_CAPTION_PROMPT
     max_new_tokens: int = 77
     seed: int = 0
@@ -43,7 +45,7 @@ def run_stage0(images: torch.Tensor, *, swinir, pose_estimator, captioner=None,
     cleaned = clean_images(swinir, images, upscale=options.upscale, tile_size=options.tile_size,
                            tile_stride=options.tile_stride, device=device)
     pose_images, frames = estimate_and_draw(pose_estimator, cleaned, hands=options.draw_hands,
-                                            face=options.draw_face)
+                                            face=options.draw_face, xinsir_sticks=options.xinsir_sticks)
     captions = []
     if captioner is not None:
         captions = captioner.caption(cleaned, prompt=options.caption_prompt, max_new_tokens=options.max_new_tokens,

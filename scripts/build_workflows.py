@@ -123,7 +123,7 @@ def stage0_nodes(preset, *, keep_llava_loaded: bool) -> list[Node]:
         Node(4, "DiffBodyPoseEstimator", (370, 180), (330, 300), "Pose skeleton I_pose (DWPose)",
              {"backend": "dwpose", "draw_hands": False, "draw_face": False, "dwpose_detector": "yolox_l.onnx",
               "dwpose_estimator": "dw-ll_ucoco_384.onnx", "openpose_model": "body_pose_model.pth",
-              "auto_download": False}, {"image": (3, 0)}),
+              "auto_download": False, "xinsir_sticks": preset.xinsir_sticks}, {"image": (3, 0)}),
         Node(5, "DiffBodyLlavaCaption", (370, 530), (330, 420), "Caption p = LLaVA(I_ir)",
              {"model": "llava-1.5-7b-hf", **CAPTION_SETTINGS, "keep_loaded": keep_llava_loaded},
              {"image": (3, 0)}),
@@ -382,6 +382,7 @@ PUBLIC_STAGE0_NOTE = """## Stage 0
 - **SwinIR cleanup**: `upscale` 1 keeps the photo's size; for small or low-resolution photos raise it (e.g. 2)
   so I_ir's sides end up about 512-1024 px, SDXL's sizes.
 - **Pose**: DWPose (`backend`), every person, OpenPose colours on black: ControlNet-Union's *openpose* input.
+  `xinsir_sticks` is on: the limbs are drawn wider on larger images, as xinsir's ControlNets were trained.
 - **Caption**: LLaVA 1.5 describes clothing, colours, pose and setting (stage 2's prompt); `user_text` adds
   your own words. There is no re-caption: without stage 1 there is no I_res to describe.
 """

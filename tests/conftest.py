@@ -104,17 +104,22 @@ def comfy_server(tmp_path_factory, tiny_models_dir):
     stop_server(server)
 
 
-@pytest.fixture(scope="module")
-def oldest_comfy_server(tmp_path_factory, tiny_models_dir):
-    """The oldest ComfyUI the pack claims (scripts/setup_env.sh's DIFFBODY_COMFYUI_OLDEST_DIR), in the same
-    environment, for one module. Where the environment was set up without it: skipped, failing in CI."""
+def oldest_comfyui_or_skip():
+    """oldest_comfyui(), or skip the test where the environment was set up without it (failing in CI)."""
     oldest = oldest_comfyui()
     if oldest is None:
         reason = "DIFFBODY_COMFYUI_OLDEST_DIR is not set (scripts/test.sh sets it)"
         if os.environ.get("CI"):
             pytest.fail(f"the oldest supported ComfyUI must be tested in CI: {reason}")
         pytest.skip(reason)
-    comfy_dir, python_path = oldest
+    return oldest
+
+
+@pytest.fixture(scope="module")
+def oldest_comfy_server(tmp_path_factory, tiny_models_dir):
+    """The oldest ComfyUI the pack claims (scripts/setup_env.sh's DIFFBODY_COMFYUI_OLDEST_DIR), in the same
+    environment, for one module. Where the environment was set up without it: skipped, failing in CI."""
+    comfy_dir, python_path = oldest_comfyui_or_skip()
     server = start_server(tmp_path_factory, tiny_models_dir, comfy_dir=comfy_dir, python_path=python_path)
     yield server
     stop_server(server)

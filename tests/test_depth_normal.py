@@ -3,6 +3,7 @@ the normal colour convention, and the messages for missing or wrong folders."""
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
@@ -211,3 +212,20 @@ def test_wrong_or_incomplete_folders_are_explained(tiny_dirs, tmp_path):
     shutil.rmtree(os.path.join(partial, "unet"))
     with pytest.raises(MissingModelFile, match="incomplete.*unet"):
         check_normals_folder(partial)
+
+
+def test_a_marigold_folder_with_only_fp16_weights_loads(tiny_dirs, tmp_path):
+    """kijai/ComfyUI-Marigold keeps only the fp16 variant files (*.fp16.safetensors) in models/diffusers/."""
+    from comfyui_diffbody.models.normal_estimator import MarigoldNormals, weights_variant
+
+    variant = str(tmp_path / "marigold-normals-v1-1")
+    shutil.copytree(tiny_dirs["normals"], variant)
+    assert weights_variant(variant) is None
+    for component in ("unet", "vae", "text_encoder"):
+        for path in glob.glob(os.path.join(variant, component, "*.safetensors")):
+            os.replace(path, path.removesuffix(".safetensors") + ".fp16.safetensors")
+    assert weights_variant(variant) == "fp16"
+    full, fp16 = MarigoldNormals.load(tiny_dirs["normals"]), MarigoldNormals.load(variant)
+    for (name, tensor), (_, loaded) in zip(full.pipeline.unet.state_dict().items(),
+                                           fp16.pipeline.unet.state_dict().items()):
+        assert torch.equal(tensor, loaded), name

@@ -103,3 +103,80 @@ def test_clip_tokenizer_files_are_found_in_the_comfyui_the_pack_sits_in(tmp_path
     os.makedirs(searched[0])
     open(os.path.join(searched[0], "vocab.json"), "w").close()  # merges.txt missing: not a tokenizer folder
     assert files.find_clip_tokenizer(files.clip_tokenizer_dirs(models)) == searched[3]
+
+
+# ---- other packs' folders -------------------------------------------------------------------------------------
+
+def _place(path, payload: bytes = b"") -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(payload)
+    return str(path)
+
+
+@pytest.mark.parametrize("pack_name",
+                         ["comfyui_controlnet_aux", "comfyui-controlnet-aux", "comfyui_controlnet_aux-main"])
+def test_controlnet_aux_checkpoints_are_found_under_their_repo_ids(tmp_path, monkeypatch, pack_name):
+    """comfyui_controlnet_aux's layout (its custom_hf_download): ckpts/<repo id>/<file>, for every known pose file."""
+    monkeypatch.delenv(files.CONTROLNET_AUX_ENV, raising=False)
+    nodes = tmp_path / "custom_nodes"
+    ckpts = nodes / pack_name / "ckpts"
+    (nodes / pack_name).mkdir(parents=True)  # installed, nothing downloaded yet
+    (nodes / "some_other_pack" / "ckpts" / "yzd-v" / "DWPose").mkdir(parents=True)
+    assert files.controlnet_aux_ckpts_dirs([str(nodes)]) == [str(ckpts)]
+    assert files.controlnet_aux_dirs("diffbody_pose", [str(ckpts)]) == [
+        str(ckpts / "yzd-v" / "DWPose"), str(ckpts / "lllyasviel" / "Annotators")]
+    assert files.controlnet_aux_dirs("upscale_models", [str(ckpts)]) == []
+    models = tmp_path / "models"
+    assert files.shared_dirs("diffbody_pose", str(models), [str(nodes)]) == []  # none of them exists yet
+    det = _place(ckpts / "yzd-v" / "DWPose" / "yolox_l.onnx")
+    body = _place(ckpts / "lllyasviel" / "Annotators" / "body_pose_model.pth")
+    assert files.find_file("yolox_l.onnx", files.shared_dirs("diffbody_pose", str(models), [str(nodes)])) == det
+    assert files.find_file("body_pose_model.pth", files.shared_dirs("diffbody_pose", str(models), [str(nodes)])) == body
+
+
+def test_controlnet_aux_config_and_environment_move_its_checkpoints(tmp_path, monkeypatch):
+    monkeypatch.delenv(files.CONTROLNET_AUX_ENV, raising=False)
+    nodes = tmp_path / "custom_nodes"
+    pack = nodes / "comfyui_controlnet_aux"
+    pack.mkdir(parents=True)
+    (pack / "config.yaml").write_text('annotator_ckpts_path: "./my_ckpts"\nUSE_SYMLINKS: False\n')
+    assert files.controlnet_aux_ckpts_dirs([str(nodes)]) == [os.path.join(str(pack), "./my_ckpts")]
+    (pack / "config.yaml").write_text(f"annotator_ckpts_path: {tmp_path / 'absolute'}\n")
+    assert files.controlnet_aux_ckpts_dirs([str(nodes)]) == [str(tmp_path / "absolute")]
+    (pack / "config.yaml").write_text("annotator_ckpts_path: [unclosed\n")  # unreadable: the pack's own ckpts/
+    assert files.controlnet_aux_ckpts_dirs([str(nodes)]) == [str(pack / "ckpts")]
+    monkeypatch.setenv(files.CONTROLNET_AUX_ENV, str(tmp_path / "from-env"))
+    assert files.controlnet_aux_ckpts_dirs([str(nodes)]) == [str(tmp_path / "from-env")]
+
+
+def test_shared_folders_come_from_folder_paths_and_the_models_folder(tmp_path, monkeypatch):
+    monkeypatch.delenv(files.CONTROLNET_AUX_ENV, raising=False)
+    models = tmp_path / "models"
+    for name in ("dwpose", "depthanything", "diffusers"):
+        (models / name).mkdir(parents=True)
+    (tmp_path / "yaml-dwpose").mkdir()
+    registered = {"dwpose": [str(tmp_path / "yaml-dwpose"), str(models / "dwpose")],
+                  "diffusers": [str(tmp_path / "absent")]}
+    assert files.shared_dirs("diffbody_pose", str(models), [], registered) == [
+        str(tmp_path / "yaml-dwpose"), str(models / "dwpose")]
+    assert files.shared_dirs("diffbody_priors", str(models), [], registered) == [
+        str(models / "depthanything"), str(models / "diffusers")]
+    assert files.shared_dirs("upscale_models", str(models), [], registered) == []
+    assert "marigold-normals-v1-1" in files.known_names("diffbody_priors")
+    assert "stable-diffusion-xl-base-1.0" not in files.known_names("diffbody_priors")
+
+
+def test_the_command_line_finds_pose_files_in_controlnet_aux_beside_its_models_folder(tmp_path, monkeypatch):
+    monkeypatch.delenv(files.CONTROLNET_AUX_ENV, raising=False)
+    monkeypatch.delenv("DIFFBODY_COMFYUI_DIR", raising=False)
+    models = tmp_path / "ComfyUI" / "models"
+    models.mkdir(parents=True)
+    wanted = [("yolox_l.onnx", "diffbody_pose"), ("dw-ll_ucoco_384.onnx", "diffbody_pose")]
+    with pytest.raises(files.MissingModelFiles):
+        files.resolve_model_files(wanted, models, download_missing=False)
+    ckpts = tmp_path / "ComfyUI" / "custom_nodes" / "comfyui_controlnet_aux" / "ckpts" / "yzd-v" / "DWPose"
+    det, pose = _place(ckpts / "yolox_l.onnx"), _place(ckpts / "dw-ll_ucoco_384.onnx")
+    assert files.resolve_model_files(wanted, models, download_missing=False) == {
+        "yolox_l.onnx": det, "dw-ll_ucoco_384.onnx": pose}
+    ours = _place(models / "diffbody" / "pose" / "yolox_l.onnx")  # our own folder comes first
+    assert files.resolve_model_files(wanted, models, download_missing=False)["yolox_l.onnx"] == ours

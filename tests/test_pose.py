@@ -194,6 +194,59 @@ def test_draw_matches_controlnet_aux_at_512(height, width):
     np.testing.assert_array_equal(draw_pose(frame_of(xy, height=height, width=width), height, width), reference)
 
 
+class _ScaledSticks:
+    """cv2 as controlnet_aux's draw_bodypose sees it, with its limb ellipses' half-width (4) times `factor`:
+    comfyui_controlnet_aux's draw_bodypose with xinsr_stick_scaling=True is that very function with
+    `stickwidth * stick_scale` there (src/custom_controlnet_aux/dwpose/util.py and open_pose/util.py; the
+    joint discs keep radius 4), and the controlnet_aux wheel (0.0.10) has no such option."""
+
+    def __init__(self, cv2, factor: int):
+        self.cv2, self.factor = cv2, factor
+
+    def ellipse2Poly(self, center, axes, angle, start, end, delta):
+        return self.cv2.ellipse2Poly(center, (axes[0], axes[1] * self.factor), angle, start, end, delta)
+
+    def __getattr__(self, name):
+        return getattr(self.cv2, name)
+
+
+# (height, width, comfyui_controlnet_aux's stick_scale: 1 if max(H, W) < 500 else min(2 + max(H, W) // 1000, 7))
+XINSIR_SIZES = [(480, 360, 1), (768, 512, 2), (1080, 1920, 3)]
+
+
+@pytest.mark.parametrize("height, width, factor", XINSIR_SIZES)
+def test_xinsir_sticks_match_controlnet_aux_scaled_drawing(monkeypatch, height, width, factor):
+    """With xinsir_sticks our skeleton is comfyui_controlnet_aux's scale_stick_for_xinsr_cn drawing at the
+    image's size, pixel for pixel; without it, it is not (ours scales every stroke with the short side)."""
+    import warnings
+
+    import cv2
+
+    from comfyui_diffbody.pipelines.pose.draw import xinsir_stick_scale
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from controlnet_aux.open_pose import util
+        from controlnet_aux.open_pose.body import Keypoint
+
+    assert xinsir_stick_scale(height, width) == factor
+    monkeypatch.setattr(util, "cv2", _ScaledSticks(cv2, factor))
+    xy, _ = standing_person(width / 2 + 0.3, height * 0.06 + 0.7, height * 0.86)
+    reference = util.draw_bodypose(np.zeros((height, width, 3), np.uint8),
+                                   [Keypoint(x / width, y / height) for x, y in xy])
+    frame = frame_of(xy, height=height, width=width)
+    np.testing.assert_array_equal(draw_pose(frame, height, width, xinsir_sticks=True), reference)
+    assert not np.array_equal(draw_pose(frame, height, width), reference)
+
+
+def test_xinsir_stick_scale_steps():
+    from comfyui_diffbody.pipelines.pose.draw import xinsir_stick_scale
+
+    assert [xinsir_stick_scale(side, 64) for side in (499, 500, 999, 1000, 1999, 2000, 5000, 9000)] == \
+        [1, 2, 2, 3, 3, 4, 7, 7]
+    assert xinsir_stick_scale(64, 1500) == xinsir_stick_scale(1500, 64) == 3  # the long side counts
+
+
 def test_draw_every_person_and_skip_missing_keypoints():
     left, _ = standing_person(64, 16, 224)
     right, _ = standing_person(192, 16, 224)

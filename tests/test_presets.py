@@ -36,6 +36,7 @@ def test_command_line_defaults_are_the_modes(mode):
     assert (options.stage2_scheduler, options.stage2_steps, options.cfg) == \
         (preset.stage2_scheduler, preset.stage2_steps, preset.stage2_cfg)
     assert options.seed == options.stage0.seed == preset.seed
+    assert options.stage0.xinsir_sticks == preset.xinsir_sticks
 
 
 def test_command_line_choices_override_the_mode():
@@ -45,6 +46,8 @@ def test_command_line_choices_override_the_mode():
     assert options.stage0.upscale == 2 and options.cfg == 3 and options.seed == options.stage0.seed == 7
     # Another scheduler keeps its own usual step count rather than the preset's DDPM 200.
     assert options.stage2_scheduler == "ddim" and options.stage2_steps is None
+    assert cli_options("--mode", "public", "--no-xinsir-sticks").stage0.xinsir_sticks is False
+    assert cli_options("--mode", "diffbody", "--xinsir-sticks").stage0.xinsir_sticks is True
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -75,6 +78,8 @@ def test_the_two_modes_differ_where_the_presets_say():
     """The pin below compares against the presets; this keeps it from passing on a mode mix-up."""
     assert MODE_DEFAULTS["diffbody"].strengths != MODE_DEFAULTS["public"].strengths
     assert MODE_DEFAULTS["diffbody"].adapter_weight != MODE_DEFAULTS["public"].adapter_weight
+    # our ControlNets learnt the pack's own skeleton; xinsir's union learnt scaled sticks
+    assert MODE_DEFAULTS["diffbody"].xinsir_sticks is False and MODE_DEFAULTS["public"].xinsir_sticks is True
 
 
 def workflow_settings(graph: dict) -> dict:
@@ -84,6 +89,8 @@ def workflow_settings(graph: dict) -> dict:
         kind, inputs = node["class_type"], node["inputs"]
         if kind == "DiffBodySwinIRCleanup":
             found["upscale"] = inputs["upscale"]
+        elif kind == "DiffBodyPoseEstimator":
+            found["xinsir_sticks"] = inputs["xinsir_sticks"]
         elif kind == "DiffBodyStage1Sampler":
             found["stage1"] = (inputs["scheduler"], inputs["steps"], inputs["cfg"], inputs["seed"])
         elif kind == "DiffBodyApplyMultiPriorControlNet":
@@ -107,7 +114,7 @@ def expected_settings(name: str) -> dict:
         recaption = FAST.recaption
     else:
         recaption = name == "diffbody_full"  # the paper's p' = LLaVA(I_res); there is no I_res in the others
-    expected = {"upscale": preset.upscale, "captions": 2 if recaption else 1}
+    expected = {"upscale": preset.upscale, "captions": 2 if recaption else 1, "xinsir_sticks": preset.xinsir_sticks}
     if name != "diffbody_public":
         expected["stage1"] = (preset.stage1_scheduler, preset.stage1_steps, preset.stage1_cfg, preset.seed)
     if name != "diffbody_priors":

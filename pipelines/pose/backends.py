@@ -74,9 +74,10 @@ def estimate_batch(estimator: PoseEstimator, images_uint8: list[np.ndarray],
 
 
 def estimate_and_draw(estimator: PoseEstimator, images, *, hands: bool = False, face: bool = False,
-                      progress: Callable[[int, int], None] | None = None):
+                      xinsir_sticks: bool = False, progress: Callable[[int, int], None] | None = None):
     """(B,3,H,W) float images -> ((B,3,H,W) skeleton images, one frame per image). The skeleton of
-    each image is drawn at that image's size, so the pose prior lines up pixel for pixel."""
+    each image is drawn at that image's size, so the pose prior lines up pixel for pixel; `xinsir_sticks`:
+    as xinsir's ControlNets expect it (draw.py)."""
     import torch
 
     from ..image import chw_to_uint8, uint8_to_chw
@@ -84,5 +85,6 @@ def estimate_and_draw(estimator: PoseEstimator, images, *, hands: bool = False, 
 
     frames = estimate_batch(estimator, [chw_to_uint8(image) for image in images], progress)
     height, width = images.shape[-2:]
-    skeletons = [uint8_to_chw(draw_pose(frame, height, width, hands=hands, face=face)) for frame in frames]
+    skeletons = [uint8_to_chw(draw_pose(frame, height, width, hands=hands, face=face, xinsir_sticks=xinsir_sticks))
+                 for frame in frames]
     return torch.stack(skeletons), frames

@@ -4,7 +4,11 @@ Black canvas; each of the 17 body limbs an ellipse in its own colour at 60 % int
 18 joints a full-colour disc; hands as HSV-coloured lines with blue joints; face as white dots.
 Sizes follow ControlNet's annotator (stick width 4, joint radius 4, hand lines 2, face dots 3 on a
 512-pixel short side) and scale with the short side, so a large image gets the same skeleton as
-the 512 annotator output resized to it.
+the 512 annotator output resized to it: what DiffBody's own ControlNets are trained on.
+
+`xinsir_sticks` draws instead what xinsir's SDXL ControlNets (ControlNet-Union, openpose) were trained on,
+as comfyui_controlnet_aux's DWPose node draws it with "scale_stick_for_xinsr_cn": at the image's own size,
+every stroke at its base size except the limbs, whose width grows with the long side (`xinsir_stick_scale`).
 """
 
 from __future__ import annotations
@@ -43,23 +47,33 @@ def stroke_scale(height: int, width: int) -> float:
     return min(height, width) / REFERENCE_SIDE
 
 
+def xinsir_stick_scale(height: int, width: int) -> int:
+    """The limb-width multiplier for xinsir's ControlNets: 1 below a 500-pixel long side, then 2 plus one per
+    full 1000 pixels, at most 7 (comfyui_controlnet_aux, src/custom_controlnet_aux/dwpose/util.py,
+    draw_bodypose with xinsr_stick_scaling, after xinsir/controlnet-openpose-sdxl-1.0's drawing code)."""
+    long_side = max(height, width)
+    return 1 if long_side < 500 else min(2 + long_side // 1000, 7)
+
+
 def _size(base: float, scale: float) -> int:
     return max(1, int(round(base * scale)))
 
 
 def draw_pose(frame: Frame, height: int, width: int, *, body: bool = True, hands: bool = False,
-              face: bool = False) -> np.ndarray:
+              face: bool = False, xinsir_sticks: bool = False) -> np.ndarray:
     """Draw every person of a POSE_KEYPOINT frame on a black (height, width, 3) uint8 RGB canvas.
 
     The frame's coordinates (pixels of its canvas, or 0..1 fractions) are mapped onto the requested
     size, so a frame estimated on a small copy of an image draws correctly on the full-size one.
+    `xinsir_sticks`: the drawing xinsir's ControlNets expect (see the module's docstring).
     """
     frame = scale_frame(frame_in_pixels(frame), height, width)
     canvas = np.zeros((height, width, 3), np.uint8)
-    scale = stroke_scale(height, width)
+    scale = 1.0 if xinsir_sticks else stroke_scale(height, width)
+    sticks = xinsir_stick_scale(height, width) if xinsir_sticks else 1
     for person in frame["people"]:
         if body:
-            _draw_body(canvas, *part_arrays(person, "body"), scale)
+            _draw_body(canvas, *part_arrays(person, "body"), scale, sticks)
         if hands:
             for side in ("left_hand", "right_hand"):
                 _draw_hand(canvas, *part_arrays(person, side), scale)
@@ -73,10 +87,10 @@ def _point(xy) -> tuple[int, int]:
     return int(xy[0]), int(xy[1])
 
 
-def _draw_body(canvas: np.ndarray, xy: np.ndarray, found: np.ndarray, scale: float) -> None:
+def _draw_body(canvas: np.ndarray, xy: np.ndarray, found: np.ndarray, scale: float, sticks: int = 1) -> None:
     import cv2
 
-    stick = _size(4, scale)
+    stick = _size(4, scale) * sticks
     for (a, b), color in zip(BODY_LIMBS, BODY_COLORS):
         if not (found[a] and found[b]):
             continue
