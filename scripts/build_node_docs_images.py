@@ -13,7 +13,8 @@ DiffBody weights are public, and the tests' tiny weights are random):
 - canvas_bucket.png: a portrait crop of the same photo, and the Stage 2 Canvas node's canvas for it
   (pipelines/buckets.plan_resize: resized to the nearest training bucket, padded by its edges) with the
   skeleton canvas (padded with black).
-The browser test (tests/test_browser.py) writes the screenshots of the frontend into the same folder.
+The screenshots of the frontend in the same folder come from the browser test: DIFFBODY_UPDATE_SCREENSHOTS=1
+$PY -m pytest tests/test_browser.py -k screenshots.
 """
 
 from __future__ import annotations
