@@ -374,7 +374,7 @@ def test_node_library_help_shows_the_pack_page(frontend, comfy_server, artifacts
     leaf.hover()
     leaf.locator(".help-button").click()
     content = page.locator(".node-help-content .markdown-content")
-    content.wait_for()
+    content.wait_for(timeout=60_000)  # without our page the frontend shows its fallback instead
     page.wait_for_function("""(el) => [...el.querySelectorAll("img")].some((i) => i.complete && i.naturalWidth > 0)""",
                            arg=content.element_handle())
     shown = frontend.evaluate("""() => { const el = document.querySelector(".node-help-content .markdown-content");
