@@ -14,6 +14,8 @@ order, which inputs are widgets, and its outputs) this writes:
   control value ("fixed"), an image-upload combo by its upload button's value ("image").
 - `workflows/api/<name>_api.json`: the API format of `POST /prompt` (node id as a string -> class_type,
   inputs, _meta.title), the same ids, values and links. Notes exist only in the UI format.
+Each node's properties carry its pack, as ComfyUI-Manager's frontend saves them: "cnr_id" and "ver"
+(comfy-core and COMFYUI_VERSION for stock nodes; pyproject's [project] name and version for ours).
 Unset widgets get the input's default from /object_info. Model-file inputs get a "models" property
 (name, url, folder) for public .safetensors files, which the frontend's missing-models dialog offers to
 download (it refuses other suffixes; the notes and the nodes' own messages cover every file).
@@ -37,6 +39,12 @@ from comfyui_diffbody.pipelines.presets import (FAST, KSAMPLER_NAMES, MODE_DEFAU
 REPO_ROOT = Path(__file__).resolve().parents[1]
 WORKFLOWS_DIR = REPO_ROOT / "workflows"
 FRONTEND_VERSION = "1.32.9"  # comfyui-frontend-package shipped with ComfyUI 0.3.75
+# Node pack of each node, as ComfyUI-Manager's frontend writes it into a saved workflow ("cnr_id", "ver"; the
+# frontend resolves a missing node's pack through it): the stock nodes' is "comfy-core" at the ComfyUI version
+# the workflows are generated against (checked against the live server), ours is pyproject's [project] name
+# and version, the Comfy Registry's id and version of the pack.
+CORE_PACK = "comfy-core"
+COMFYUI_VERSION = "0.3.75"
 NOTE_TYPES = ("MarkdownNote", "Note")  # frontend-only nodes: not in /object_info, not sent to the server
 WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN")
 SEED_NAMES = ("seed", "noise_seed")  # INT widgets the frontend gives a "control after generate" widget
@@ -639,7 +647,7 @@ def _ui_node(node: Node, object_info: dict) -> dict:
     inputs = sockets + linked_widgets
     outputs = [{"name": name, "type": kind, "links": None}
                for name, kind in zip(info["output_name"], info["output"])]
-    properties = {"Node name for S&R": node.type}
+    properties = {"Node name for S&R": node.type, **node_pack(node.type, info)}
     models = _downloadable_models(node, values)
     if models:
         properties["models"] = models
@@ -647,6 +655,26 @@ def _ui_node(node: Node, object_info: dict) -> dict:
     if node.title:
         result["title"] = node.title
     return {**result, "properties": properties, "widgets_values": widgets_values}
+
+
+def pack_identity() -> dict:
+    """This pack's "cnr_id" and "ver": pyproject's [project] name and version, read now (not copied here)."""
+    import tomllib  # Python 3.11+, like the dev environment that runs this script
+
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    return {"cnr_id": project["name"], "ver": project["version"]}
+
+
+def node_pack(class_type: str, info: dict) -> dict:
+    """{"cnr_id", "ver"} of a node: ours for the pack's nodes, comfy-core's for the stock ones (by the
+    python_module /object_info gives: "custom_nodes.<folder>" for a pack's node)."""
+    from comfyui_diffbody.nodes import NODE_CLASS_MAPPINGS
+
+    if not info["python_module"].startswith("custom_nodes."):
+        return {"cnr_id": CORE_PACK, "ver": COMFYUI_VERSION}
+    if class_type not in NODE_CLASS_MAPPINGS:
+        raise ValueError(f"{class_type} comes from another pack ({info['python_module']}): not a bundled node")
+    return pack_identity()
 
 
 def _downloadable_models(node: Node, values: dict) -> list[dict]:
@@ -698,6 +726,10 @@ def live_object_info() -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         server = ComfyServer(make_base_dir(Path(tmp), "ComfyUI-DiffBody")).start()
         try:
+            version = server.get("/system_stats")["system"]["comfyui_version"]
+            if version != COMFYUI_VERSION:
+                raise SystemExit(f"the stock nodes are written as comfy-core {COMFYUI_VERSION}, but the server is "
+                                 f"ComfyUI {version}: set DIFFBODY_COMFYUI_DIR or change COMFYUI_VERSION")
             return server.object_info()
         finally:
             server.stop()

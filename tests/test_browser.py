@@ -5,7 +5,10 @@ load it into the page, check that every node type is known and no dialog opened,
 frontend's own graphToPrompt and compare with the bundled `<name>_api.json`, queue it (native loaders
 swapped for the test-only stand-ins) and see it finish; where it has a DiffBody Before/After node, check
 the comparison view (both images loaded, the split follows a drag, no stock preview under it) and save
-screenshots under $DIFFBODY_ARTIFACTS_DIR/browser (or the pytest base temp folder).
+screenshots under $DIFFBODY_ARTIFACTS_DIR/browser (or the pytest base temp folder). Also: a DiffBody node's
+help page opened from the node library (js/docs/, tests/test_node_docs.py), and the README's screenshots of
+the bundled public-weights workflow and its before/after view (rewritten into js/docs/images/ with
+DIFFBODY_UPDATE_SCREENSHOTS=1).
 
 Needs Debian's /usr/bin/chromium (apt-get install chromium) and PyPI playwright (requirements-dev.txt;
 never `playwright install`). Without them the tests skip locally and fail in CI (env CI set).
@@ -347,3 +350,95 @@ def test_comparison_view_in_nodes_2_0(frontend, comfy_server, artifacts_dir, cap
         run_and_check(frontend, workflow_path, api_prompt, artifacts_dir, capsys)
     finally:
         set_setting(comfy_server, "Comfy.VueNodes.Enabled", False)  # the server keeps settings for later tests
+
+
+# -- node help and the README's screenshots --------------------------------------------------------------
+
+HELP_NODE = "DiffBodyPoseEstimator"
+DOCS_IMAGES = Path(__file__).resolve().parents[1] / "js" / "docs" / "images"
+# The README and the Before/After help page show these; DIFFBODY_UPDATE_SCREENSHOTS=1 rewrites them from
+# the test below (otherwise they go to the artifacts folder only, and the committed ones are checked to exist).
+SCREENSHOTS = {"workflow": "workflow_public_fast.png", "viewer": "before_after_viewer.png"}
+SCREENSHOT_WORKFLOW = WORKFLOWS_DIR / "diffbody_public_fast.json"
+
+
+def test_node_library_help_shows_the_pack_page(frontend, comfy_server, artifacts_dir):
+    """Node Library > search > a DiffBody node's (?) button: the frontend fetches js/docs/<NodeName>.md from
+    /extensions/<pack folder>/docs/ and shows it, its picture loaded from beside it."""
+    frontend.open()
+    page = frontend.page
+    display_name = comfy_server.object_info()[HELP_NODE]["display_name"]
+    page.locator('.side-bar-button[aria-label^="Node Library"]').first.click()
+    page.locator(".node-lib-search-box input").first.fill(display_name)
+    leaf = page.locator(".node-lib-node-container", has_text=display_name).first
+    leaf.hover()
+    leaf.locator(".help-button").click()
+    content = page.locator(".node-help-content .markdown-content")
+    content.wait_for(timeout=60_000)  # without our page the frontend shows its fallback instead
+    page.wait_for_function("""(el) => [...el.querySelectorAll("img")].some((i) => i.complete && i.naturalWidth > 0)""",
+                           arg=content.element_handle())
+    shown = frontend.evaluate("""() => { const el = document.querySelector(".node-help-content .markdown-content");
+        return { text: el.innerText, images: [...el.querySelectorAll("img")].map((i) => [i.src, i.naturalWidth]) }; }""")
+    page_source = (Path(__file__).resolve().parents[1] / "js" / "docs" / f"{HELP_NODE}.md").read_text()
+    first_paragraph = page_source.split("\n\n")[1].split("\n")[0]
+    assert first_paragraph in shown["text"], shown["text"][:1000]
+    assert "pose_image" in shown["text"] and "keypoints" in shown["text"]
+    [(src, width)] = shown["images"]
+    assert re.search(r"/extensions/[^/]+/docs/images/pose_astronaut\.png$", src) and width > 0, shown["images"]
+    page.screenshot(path=str(artifacts_dir / "node_help.png"))
+    # The frontend asks for docs/<NodeName>/<locale>.md first and falls back to docs/<NodeName>.md on a 404:
+    # that 404 is its design (the pack ships one language), not a fault.
+    locale_first = f"/docs/{HELP_NODE}/en.md"
+    problems = [p for p in frontend.pack_problems if not p.rstrip().endswith(locale_first)]
+    assert problems == [], "\n".join(problems)
+
+
+def save_screenshot(png: bytes, name: str, artifacts_dir: Path) -> None:
+    (artifacts_dir / name).write_bytes(png)
+    if os.environ.get("DIFFBODY_UPDATE_SCREENSHOTS"):
+        import io
+
+        image = Image.open(io.BytesIO(png)).convert("RGB")
+        image.save(DOCS_IMAGES / name, optimize=True)
+
+
+@pytest.mark.timeout(RUN_TIMEOUT_S + 600)
+def test_screenshots_of_the_workflow_and_the_viewer(frontend, comfy_server, artifacts_dir):
+    """The bundled public-weights workflow, fitted to the window, and its before/after view after a run on
+    the tiny test weights (the right side shows what random tiny weights make, as the captions say)."""
+    api_prompt = json.loads((WORKFLOWS_DIR / "api" / "diffbody_public_fast_api.json").read_text())
+    provide_input_images(comfy_server, api_prompt)
+    # For a readable picture: node text drawn at any zoom, no minimap, no Nodes 2.0 banner.
+    set_setting(comfy_server, "LiteGraph.Canvas.MinFontSizeForLOD", 0)
+    set_setting(comfy_server, "Comfy.Minimap.Visible", False)
+    frontend.context.add_init_script("localStorage.setItem('vueNodesBannerDismissed', 'true')")
+    try:
+        frontend.open()
+    finally:  # the server keeps settings for later tests
+        set_setting(comfy_server, "LiteGraph.Canvas.MinFontSizeForLOD", 8)
+        set_setting(comfy_server, "Comfy.Minimap.Visible", True)
+    page = frontend.page
+    frontend.evaluate("async (workflow) => { await app.loadGraphData(workflow); }",
+                      json.loads(SCREENSHOT_WORKFLOW.read_text()))
+    page.set_viewport_size({"width": 2400, "height": 1300})  # fitted, the whole graph at a legible zoom
+    frontend.evaluate("async () => { await app.extensionManager.command.execute('Comfy.Canvas.FitView'); }")
+    page.wait_for_timeout(1500)  # the fit animates
+    save_screenshot(page.screenshot(), SCREENSHOTS["workflow"], artifacts_dir)
+    page.set_viewport_size({"width": 1600, "height": 1000})
+
+    prompt_id = queue_from_page(frontend)
+    entry = comfy_server.wait(prompt_id, timeout=RUN_TIMEOUT_S)
+    assert entry["status"]["status_str"] == "success", execution_error(entry)
+    [node_id] = [i for i, node in api_prompt.items() if node["class_type"] == COMPARE_NODE]
+    check_comparison_view(frontend, node_id, 1, artifacts_dir)  # leaves the split at 0.8
+    view = page.locator(f'.diffbody-compare[data-test-node="{node_id}"]')
+    box = view.locator(".diffbody-compare-frame").bounding_box()
+    page.mouse.move(box["x"] + box["width"] * 0.8, box["y"] + box["height"] * 0.6)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] * 0.5, box["y"] + box["height"] * 0.6, steps=8)
+    page.mouse.up()
+    assert float(view.get_attribute("data-split")) == pytest.approx(0.5, abs=0.02)
+    save_screenshot(view.screenshot(), SCREENSHOTS["viewer"], artifacts_dir)
+    for name in SCREENSHOTS.values():
+        assert Image.open(DOCS_IMAGES / name).size[0] > 200, name
+    assert frontend.pack_problems == [], "\n".join(frontend.pack_problems)

@@ -4,7 +4,7 @@
 (b) Floors: models (1) <- pipelines (2) <- nodes, testing (3) <- training (4) <- evaluation (5) <- the entry
     points cli.py and __main__.py (6). A module imports only from its own floor or lower ones (relative and
     `comfyui_diffbody.` imports, those inside functions included); the root __init__.py is ComfyUI's entry
-    into nodes/ (floor 3). scripts/ and bench/ are outside the package and may import anything. Only nodes/
+    into nodes/ (floor 3). scripts/, bench/ and examples/ are outside the package and may import anything. Only nodes/
     imports ComfyUI (comfy, comfy_extras, folder_paths, nodes, server, ...).
 (c) No import circle among the package's modules (module-level imports, those under `if TYPE_CHECKING:`
     included: a circle the type checker needs is still two modules that cannot be understood apart;
@@ -25,7 +25,7 @@ PACKAGE = "comfyui_diffbody"
 MAX_FUNCTION_LINES = 80
 FLOORS = {"models": 1, "pipelines": 2, "nodes": 3, "testing": 3, "training": 4, "evaluation": 5,
           "cli": 6, "__main__": 6, "__init__": 3}
-OUTSIDE_PACKAGE = ("tests", "scripts", "bench")
+OUTSIDE_PACKAGE = ("tests", "scripts", "bench", "examples")
 COMFYUI_MODULES = frozenset({"comfy", "comfy_extras", "comfy_execution", "comfy_api", "comfy_config", "folder_paths",
                              "nodes", "server", "execution", "latent_preview", "node_helpers", "app"})
 

@@ -152,13 +152,49 @@ def test_a_changed_copy_is_caught(object_info, mutate):
     assert problems, mutate.__name__
 
 
-def test_generated_files_are_up_to_date(object_info):
+def workflow_builder():
     spec = importlib.util.spec_from_file_location("build_workflows", REPO_ROOT / "scripts" / "build_workflows.py")
     builder = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = builder  # its dataclasses look their module up there
     spec.loader.exec_module(builder)
-    for name, text in builder.render(object_info).items():
+    return builder
+
+
+def test_generated_files_are_up_to_date(object_info):
+    for name, text in workflow_builder().render(object_info).items():
         assert (WORKFLOWS_DIR / name).read_text() == text, f"{name}: run scripts/build_workflows.py"
+
+
+@pytest.mark.parametrize("ui_name", UI_FILES)
+def test_every_node_names_its_pack_as_the_frontend_saves_it(comfy_server, object_info, ui_name):
+    """cnr_id/ver, by which the frontend offers to install a missing node's pack: the stock nodes'
+    comfy-core at the ComfyUI version tested here, ours pyproject's [project] name and version."""
+    import tomllib
+
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    core_version = comfy_server.get("/system_stats")["system"]["comfyui_version"]
+    for node in load_workflow(ui_name)["nodes"]:
+        if node["type"] in FRONTEND_ONLY_TYPES:
+            assert "cnr_id" not in node["properties"], node["type"]
+            continue
+        ours = object_info[node["type"]]["python_module"].startswith("custom_nodes.")
+        expected = (project["name"], project["version"]) if ours else ("comfy-core", core_version)
+        assert (node["properties"].get("cnr_id"), node["properties"].get("ver")) == expected, node["type"]
+
+
+def test_the_generator_reads_the_pack_name_from_pyproject(tmp_path, monkeypatch):
+    """A renamed [project] (the registry's id) reaches the workflows without touching the generator."""
+    builder = workflow_builder()
+    pyproject = (REPO_ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    renamed = re.sub(r'(?m)^name = ".*"$', 'name = "renamed-pack"', pyproject, count=1)
+    (tmp_path / "pyproject.toml").write_text(re.sub(r'(?m)^version = ".*"$', 'version = "9.8.7"', renamed, count=1))
+    monkeypatch.setattr(builder, "REPO_ROOT", tmp_path)
+    info = {"python_module": "custom_nodes.any-folder"}
+    assert builder.node_pack("DiffBodyPoseEstimator", info) == {"cnr_id": "renamed-pack", "ver": "9.8.7"}
+    assert builder.node_pack("KSampler", {"python_module": "nodes"}) == {"cnr_id": "comfy-core",
+                                                                        "ver": builder.COMFYUI_VERSION}
+    with pytest.raises(ValueError, match="another pack"):
+        builder.node_pack("SomeoneElsesNode", info)
 
 
 # -- running -------------------------------------------------------------------------------------------
