@@ -135,11 +135,15 @@ def _record(case: Case, entry: dict, server: ComfyServer) -> None:
 # -- prompts ------------------------------------------------------------------------------------------------
 
 def base_prompt(workflow: str, image: str = "person.png") -> dict:
-    """A bundled workflow as the battery runs it: test stand-ins, every `steps` at 1, Load Image on `image`."""
+    """A bundled workflow as the battery runs it: test stand-ins, every `steps` at 1, Load Image on `image`,
+    LLaVA's keep_loaded off everywhere (so the three workflows' shared nodes have the same inputs and the
+    server's cache carries stage 0 and stage 1 from one workflow's run to the next)."""
     prompt = with_test_stand_ins(load_workflow(workflow))
     for node in prompt.values():
         if node["class_type"] == "LoadImage":
             node["inputs"]["image"] = image
+        if "keep_loaded" in node["inputs"]:
+            node["inputs"]["keep_loaded"] = False
         if isinstance(node["inputs"].get("steps"), int):
             node["inputs"]["steps"] = 1
     return prompt
