@@ -233,7 +233,7 @@ class ApplyColourAdapter:
         if weight == 0:
             return (model,)
         colour_adapter, adapter_patcher = colour_adapter.for_unet(model.model.model_config.unet_config)
-        image = image[..., :3]
+        image = glue.bchw_to_comfy(glue.comfy_to_bchw(image))  # grey, grey+alpha, RGBA: RGB, as every node takes
         with torch.no_grad():
             cond = colour_adapter.project(clip_vision.encode_image(image).penultimate_hidden_states)
             uncond = colour_adapter.project(glue.clip_vision_zero_input_features(clip_vision))
