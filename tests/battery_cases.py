@@ -99,7 +99,15 @@ def run_case(server: ComfyServer, case: Case) -> Case:
             except PromptRejected as rejected:
                 case.outcome, case.message = "refused", _rejection_message(rejected.body)
                 return case
-            entry = server.wait(prompt_id, timeout=case.timeout)
+            return finish_case(server, case, prompt_id, interrupted)
+    finally:
+        case.seconds = round(time.monotonic() - started, 1)
+
+
+def finish_case(server: ComfyServer, case: Case, prompt_id: str, interrupted: dict | None = None) -> Case:
+    """Wait for a queued case and record its outcome."""
+    try:
+        entry = server.wait(prompt_id, timeout=case.timeout)
     except TimeoutError as error:
         server.interrupt()
         case.outcome, case.message = "crash/hang", f"hang: {error}"
@@ -107,9 +115,7 @@ def run_case(server: ComfyServer, case: Case) -> Case:
     except RuntimeError as error:
         case.outcome, case.message = "crash/hang", first_line(str(error))
         return case
-    finally:
-        case.seconds = round(time.monotonic() - started, 1)
-    case.extra["interrupted_at"] = interrupted.get("at")
+    case.extra["interrupted_at"] = (interrupted or {}).get("at")
     _record(case, entry, server)
     return case
 
@@ -167,8 +173,9 @@ def descendants(prompt: dict, node_id: str) -> set[str]:
     return {other for other in prompt if node_id in ancestors(prompt, other)}
 
 
-# Outputs whose effect only shows once something samples with them: the case keeps everything downstream.
-SAMPLED_TYPES = {"CONDITIONING", "MODEL"}
+# Outputs whose effect only shows once something samples with them (the colour adapter's file is read against
+# the MODEL it is applied to): the case keeps everything downstream.
+SAMPLED_TYPES = {"CONDITIONING", "MODEL", "DIFFBODY_COLOUR_ADAPTER"}
 
 
 def case_graph(prompt: dict, node_id: str, object_info: dict) -> dict:

@@ -4,6 +4,8 @@
   proves its classifier catches one through the real server.
 - `TestOnlyOutboundConnection`: opens a TCP connection to a non-loopback address (TEST-NET-3, never
   routed) from inside the server; the network guard (tests/network_guard/sitecustomize.py) must refuse it.
+- `TestOnlyImageVariant`: the IMAGE it is given as grey (1 channel), grey + alpha (2), RGBA (4), a batch of
+  three or unbatched (H, W, C): what other custom nodes hand the pack's nodes, which must all take them alike.
 - `TestOnlyMemoryProbe`: the server's loaded-model list (comfy.model_management.current_loaded_models)
   and the bytes held by live tensors (every torch.Tensor the garbage collector can reach), for the
   battery's leak check. Queued alone, so ComfyUI's default cache has dropped the previous prompt's outputs;
@@ -53,6 +55,31 @@ class TestOnlyOutboundConnection:
         return {"ui": {"text": [outcome]}}
 
 
+IMAGE_VARIANTS = ("grey, 1 channel", "grey + alpha, 2 channels", "RGBA, 4 channels", "batch of 3",
+                  "unbatched (H, W, C)")
+
+
+class TestOnlyImageVariant:
+    CATEGORY = "DiffBody/test only"
+    RETURN_TYPES = ("IMAGE",)
+    FUNCTION = "run"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"image": ("IMAGE",), "variant": (list(IMAGE_VARIANTS),)}}
+
+    def run(self, image, variant):
+        import torch
+
+        rgb = image[..., :3]
+        grey = rgb.mean(-1, keepdim=True)
+        half = torch.full_like(grey, 0.5)
+        made = {"grey, 1 channel": grey, "grey + alpha, 2 channels": torch.cat([grey, half], -1),
+                "RGBA, 4 channels": torch.cat([rgb, half], -1),
+                "batch of 3": torch.cat([rgb, rgb.flip(2), 1 - rgb]), "unbatched (H, W, C)": rgb[0]}
+        return (made[variant].contiguous(),)
+
+
 def _live_tensor_bytes() -> int:
     import torch
 
@@ -98,4 +125,5 @@ NODE_CLASS_MAPPINGS = {
     "TestOnlyRaiseZeroDivision": TestOnlyRaiseZeroDivision,
     "TestOnlyOutboundConnection": TestOnlyOutboundConnection,
     "TestOnlyMemoryProbe": TestOnlyMemoryProbe,
+    "TestOnlyImageVariant": TestOnlyImageVariant,
 }
