@@ -80,10 +80,33 @@ class TestOnlyImageVariant:
         return (made[variant].contiguous(),)
 
 
-def _live_tensor_bytes() -> int:
+def _clear_bounded_library_caches() -> None:
+    """transformers (5.x) keeps each image processor's mean/std tensors in an lru_cache(maxsize=10) keyed by the
+    processor: the captioner, built anew on every run with keep_loaded off, adds an entry per run until ten.
+    Bounded, and not the pack's: emptied before counting so it does not read as a leak."""
+    try:
+        from transformers.image_processing_backends import TorchvisionBackend
+    except ImportError:  # older transformers: no such cache
+        return
+    TorchvisionBackend._fuse_mean_std_and_rescale_factor.cache_clear()
+
+
+def _holder(referrer) -> str:
+    """A referrer's type; for a tuple or dict, also what holds that (one level up: caches keep tensors in them)."""
+    name = type(referrer).__name__
+    if name in ("tuple", "dict"):
+        above = sorted({type(r).__name__ if not hasattr(r, "__qualname__") else r.__qualname__
+                        for r in gc.get_referrers(referrer)} - {"list", "frame"})
+        name += "(" + ",".join(above[:3]) + ")"
+    return name
+
+
+def _live_tensors() -> tuple[int, list[str]]:
+    """Bytes of every distinct storage behind a gc-reachable tensor, and 'dtype shape <- holder types' of each
+    (for a failing leak check's message)."""
     import torch
 
-    seen, total = set(), 0
+    seen, total, described = set(), 0, []
     for obj in gc.get_objects():
         try:
             if not isinstance(obj, torch.Tensor) or obj.is_meta:
@@ -95,7 +118,9 @@ def _live_tensor_bytes() -> int:
         if key not in seen and storage.data_ptr():
             seen.add(key)
             total += storage.nbytes()
-    return total
+            holders = sorted({_holder(r) for r in gc.get_referrers(obj)} - {"list", "frame"})
+            described.append(f"{obj.dtype} {tuple(obj.shape)} <- {','.join(holders[:4])}")
+    return total, sorted(described)
 
 
 class TestOnlyMemoryProbe:
@@ -115,10 +140,12 @@ class TestOnlyMemoryProbe:
     def run(self):
         import comfy.model_management as mm
 
+        _clear_bounded_library_caches()
         gc.collect()
         models = sorted(f"{type(m.model.model).__name__ if hasattr(m.model, 'model') else type(m.model).__name__}"
                         f":{m.model_memory()}" for m in mm.current_loaded_models)
-        return {"ui": {"text": [" | ".join(models)], "tensor_bytes": [_live_tensor_bytes()]}}
+        total, described = _live_tensors()
+        return {"ui": {"text": [" | ".join(models)], "tensor_bytes": [total], "tensors": described}}
 
 
 NODE_CLASS_MAPPINGS = {
