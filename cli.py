@@ -4,7 +4,9 @@ Runs the whole DiffBody pipeline without ComfyUI (pipelines/restore.py: stage 0 
 re-caption -> stage 2) on one image or a folder, finding model files in a ComfyUI models folder (or
 `--models-dir`); `--stage0-only` stops after stage 0. `--mode public` needs no DiffBody weights: stage 0 ->
 depth/normal estimators -> stage 2 with ControlNet-Union SDXL and IP-Adapter Plus XL. `--tiny` runs
-everything on generated tiny random weights: a plumbing check, not a restoration.
+everything on generated tiny random weights: a plumbing check, not a restoration. Under `accelerate launch`
+(one process per GPU) each process restores its share of the inputs; inputs whose outputs are all there are
+skipped, so a stopped run resumes.
 """
 
 from __future__ import annotations
@@ -14,10 +16,16 @@ import json
 import os
 import sys
 import tempfile
+import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .models.files import default_models_dir
-from .pipelines.presets import MODES, PUBLIC_DEPTH_MODEL, PUBLIC_NORMAL_SOURCE
+from .pipelines.presets import FAST, MODES, PUBLIC_DEPTH_MODEL, PUBLIC_NORMAL_SOURCE
+
+if TYPE_CHECKING:
+    import torch
 
 # A plumbing check needs few steps; --stage1-steps / --stage2-steps still override it.
 TINY_STEPS = 2
@@ -78,19 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help=f"public mode: a Marigold normals folder in diffbody/priors/, or '{FROM_DEPTH}': normals "
                               "from the depth map's slopes (no extra model, coarser)")
     restore.add_argument("--negative-prompt", default="", help="negative prompt for both diffusion stages")
-    # Names are checked against the pipelines' lists after parsing (importing them here would load torch
-    # for --help).
-    restore.add_argument("--size-mode", default="bucket",
-                         help="bucket (the paper's training sizes) or native (the image's own size)")
-    restore.add_argument("--stage1-scheduler", default=None, help="ddpm (the paper's, the default), ddim or dpmpp_2m")
-    restore.add_argument("--stage1-steps", type=int, default=None,
-                         help="default: the paper's 200 for ddpm, else the scheduler's usual count")
-    restore.add_argument("--stage1-cfg", type=float, default=None, help="default: the mode's (7.5, SD 2.1's usual)")
-    restore.add_argument("--stage2-scheduler", default=None, help="ddpm (the paper's, the default), ddim, dpmpp_2m or euler")
-    restore.add_argument("--stage2-steps", type=int, default=None,
-                         help="default: the paper's 200 for ddpm, else the scheduler's usual count")
-    restore.add_argument("--cfg", type=float, default=None,
-                         help="stage-2 classifier-free guidance scale (default: the mode's, 5.0)")
+    _add_sampling_arguments(restore)
     restore.add_argument("--strengths", type=float, nargs=4, default=None,
                          metavar=("A1", "A2", "A3", "A4"),
                          help="stage-2 prior strengths for I_ir, I_pose, I_depth, I_normal (default: the mode's, "
@@ -98,10 +94,36 @@ def build_parser() -> argparse.ArgumentParser:
     restore.add_argument("--adapter-weight", type=float, default=None,
                          help="colour adapter weight, 0: off (default: the mode's, diffbody 1.0, public 0.6)")
     restore.add_argument("--seed", type=int, default=None, help="default: the mode's (0)")
-    restore.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    restore.add_argument("--device", default="auto", help="auto (each process's own GPU), cpu, cuda, cuda:1, ...")
+    restore.add_argument("--chunk-size", type=int, default=0,
+                         help="restore and write this many images at a time (each chunk loads the models again), "
+                              "so a stopped run keeps the chunks it finished; 0: all of them at once")
     restore.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"],
                          help="auto: float16 on CUDA, float32 on the CPU")
     return parser
+
+
+def _add_sampling_arguments(restore: argparse.ArgumentParser) -> None:
+    """Working size, speed profile, schedulers, steps and guidance of the two diffusion stages."""
+    # Names are checked against the pipelines' lists after parsing (importing them here would load torch
+    # for --help).
+    restore.add_argument("--size-mode", default="bucket",
+                         help="bucket (the paper's training sizes) or native (the image's own size)")
+    restore.add_argument("--fast", action="store_true",
+                         help=f"speed profile: {FAST.stage1_scheduler} at {FAST.stage1_steps} + {FAST.stage2_steps} "
+                              "steps instead of the paper's DDPM 200 + 200, and stage 2 reuses the first caption "
+                              "(no re-caption: one LLaVA call fewer per image); the options below still override")
+    restore.add_argument("--stage1-scheduler", default=None,
+                         help="ddpm (the paper's, the default), ddim, dpmpp_2m or dpmpp_2m_karras")
+    restore.add_argument("--stage1-steps", type=int, default=None,
+                         help="default: the paper's 200 for ddpm, else the scheduler's usual count")
+    restore.add_argument("--stage1-cfg", type=float, default=None, help="default: the mode's (7.5, SD 2.1's usual)")
+    restore.add_argument("--stage2-scheduler", default=None,
+                         help="ddpm (the paper's, the default), ddim, dpmpp_2m, dpmpp_2m_karras or euler")
+    restore.add_argument("--stage2-steps", type=int, default=None,
+                         help="default: the paper's 200 for ddpm, else the scheduler's usual count")
+    restore.add_argument("--cfg", type=float, default=None,
+                         help="stage-2 classifier-free guidance scale (default: the mode's, 5.0)")
 
 
 def collect_images(inputs: list[Path]) -> list[Path]:
@@ -115,6 +137,12 @@ def collect_images(inputs: list[Path]) -> list[Path]:
             raise SystemExit(f"error: no such file or folder: {item}")
     if not found:
         raise SystemExit("error: no images found in " + ", ".join(map(str, inputs)))
+    stems = {}
+    for path in found:  # outputs are named after the stem: two such inputs would overwrite each other's
+        if path.stem in stems:
+            raise SystemExit(f"error: {stems[path.stem]} and {path} would both be written as {path.stem}_*; "
+                             "rename one or restore them separately")
+        stems[path.stem] = path
     return found
 
 
@@ -276,11 +304,12 @@ def restore_options(args, device):
     """RestoreOptions from the parsed arguments; what the user left out comes from the mode's defaults
     (pipelines/presets.py, the same values the bundled workflows carry)."""
     from .models.devices import pick_dtype
-    from .pipelines.presets import MODE_DEFAULTS
+    from .pipelines.presets import MODE_DEFAULTS, with_speed
     from .pipelines.restore import RestoreOptions
     from .pipelines.stage0 import Stage0Options
 
-    preset = MODE_DEFAULTS[args.mode]
+    preset = with_speed(MODE_DEFAULTS[args.mode], FAST) if args.fast else MODE_DEFAULTS[args.mode]
+    recaption = not args.no_recaption and (FAST.recaption if args.fast else True)
 
     def given_or(value, default):
         return default if value is None else value
@@ -299,7 +328,7 @@ def restore_options(args, device):
     return RestoreOptions(
         mode=args.mode, stage0=Stage0Options(upscale=given_or(args.upscale, preset.upscale), tile_size=args.tile_size,
                                              tile_stride=args.tile_stride, seed=seed),
-        stage0_only=args.stage0_only, recaption=not args.no_recaption, size_mode=args.size_mode,
+        stage0_only=args.stage0_only, recaption=recaption, size_mode=args.size_mode,
         stage1_scheduler=stage1_scheduler,
         stage1_steps=steps(args.stage1_steps, stage1_scheduler, preset.stage1_scheduler, preset.stage1_steps),
         stage1_cfg=given_or(args.stage1_cfg, preset.stage1_cfg),
@@ -310,62 +339,142 @@ def restore_options(args, device):
         seed=seed, device=str(device), dtype=pick_dtype(args.dtype, device))
 
 
-def save_results(result, stem: Path, save_priors: bool, stage0_only: bool) -> None:
-    """<stem>_restored.png; with save_priors (always with stage0_only) the intermediate results too."""
-    from PIL import Image
+def output_suffixes(args) -> list[str]:
+    """What restore writes for every input, after its stem and "_" ("restored.png", "ir.png", ...), the
+    captions aside (written only when not empty, before these): an input whose files are all there is
+    skipped. Each file is written whole or not at all (atomic_write), so one cut off half-way is redone."""
+    if args.stage0_only:
+        return ["ir.png", "pose.png", "pose.json"]
+    if not args.save_priors:
+        return ["restored.png"]
+    stage1 = ["stage1.png"] if args.mode != "public" else []  # no stage 1 in the public-weights mode
+    return ["ir.png", "pose.png", "pose.json", *stage1, "depth.png", "normal.png", "restored.png"]
 
+
+def outputs_exist(args, stem: Path) -> bool:
+    return all(Path(f"{stem}_{suffix}").is_file() for suffix in output_suffixes(args))
+
+
+def save_results(result, stem: Path, args) -> None:
+    """<stem>_restored.png; with --save-priors (always with --stage0-only) the intermediate results too. The
+    captions first and _restored.png last, each file atomically: a run stopped half-way leaves no file that
+    outputs_exist would take for a finished one."""
     from .pipelines.image import chw_to_uint8
+    from .training.prepare_data import atomic_write, save_png
 
-    def save(image, suffix: str) -> None:
-        Image.fromarray(chw_to_uint8(image)).save(f"{stem}_{suffix}.png")
+    if args.save_priors or args.stage0_only:
+        for name, text in (("caption", result.caption), ("recaption", result.recaption)):
+            if text:
+                atomic_write(Path(f"{stem}_{name}.txt"), lambda f, text=text: f.write(f"{text}\n".encode("utf-8")))
+    images = {"restored": result.restored, "ir": result.cleaned, "pose": result.pose_image, "stage1": result.stage1,
+              "depth": result.depth, "normal": result.normal}
+    for suffix in output_suffixes(args):
+        path = Path(f"{stem}_{suffix}")
+        if suffix == "pose.json":
+            atomic_write(path, lambda f: f.write(json.dumps(result.keypoints).encode("utf-8")))
+        else:
+            save_png(path, chw_to_uint8(images[suffix.removesuffix(".png")]))
 
-    if not stage0_only:
-        save(result.restored, "restored")
-    if not (save_priors or stage0_only):
-        return
-    save(result.cleaned, "ir")
-    save(result.pose_image, "pose")
-    Path(f"{stem}_pose.json").write_text(json.dumps(result.keypoints))
-    if result.caption:
-        Path(f"{stem}_caption.txt").write_text(result.caption + "\n")
-    if stage0_only:
-        return
-    if result.stage1 is not None:  # no stage 1 in the public-weights mode
-        save(result.stage1, "stage1")
-    save(result.depth, "depth")
-    save(result.normal, "normal")
-    if result.recaption:
-        Path(f"{stem}_recaption.txt").write_text(result.recaption + "\n")
+
+def take_share(items: list, index: int, count: int) -> list:
+    """Process `index` of `count`'s share of the inputs: every count-th from its index on, so the shares are
+    disjoint, cover every input and differ in size by one at most (all processes see the same list).
+    prepare_data's shard_of (by a hash of the path) keeps a manifest's shard fixed as data is added; here
+    the outputs themselves say what is done, so the shares can stay even."""
+    return items[index::count]
+
+
+@dataclass(frozen=True)
+class Process:
+    """This process among those `accelerate launch` (or torchrun) started: one, index 0, without them."""
+
+    index: int
+    count: int
+    device: "torch.device"
+
+    @property
+    def label(self) -> str:
+        return f"[process {self.index + 1} of {self.count}] " if self.count > 1 else ""
+
+
+def this_process(device_name: str) -> Process:
+    """accelerate's PartialState: this process's index and count, with gloo between CPU processes (it needs
+    cpu=True to see them) and NCCL between GPUs. --device auto takes this process's own GPU under a launcher;
+    a named device is used as given."""
+    from accelerate import PartialState
+
+    from .models.devices import pick_device
+
+    device = pick_device(device_name)
+    state = PartialState(cpu=device.type == "cpu")
+    if device_name == "auto" and device.type == "cuda" and state.num_processes > 1:
+        device = state.device
+    return Process(state.process_index, state.num_processes, device)
 
 
 def restore(args) -> int:
-    import numpy as np
-    from PIL import Image
+    from accelerate import PartialState
+    from accelerate.utils import gather_object
 
-    from .models.devices import pick_device
-    from .pipelines.image import uint8_to_chw
-    from .pipelines.restore import restore_images
-
+    started = time.perf_counter()
     check_choices(args)
+    if args.chunk_size < 0:
+        raise SystemExit(f"error: --chunk-size must not be negative, got {args.chunk_size}")
     args.save_priors = args.save_priors or args.tiny
     image_paths = collect_images(args.inputs)
     with tempfile.TemporaryDirectory(prefix="diffbody-tiny-") as tiny_dir:
-        if args.tiny:
+        if args.tiny:  # before this_process starts the process group: then save_pretrained writes on rank 0 only
             from .testing.tiny import build_models_dir
 
             print("--tiny: a plumbing check on tiny random weights; the output is noise, not a restoration.")
             build_models_dir(tiny_dir)
+        process = this_process(args.device)
         models_dir = Path(tiny_dir) if args.tiny else (args.models_dir or default_models_dir())
-        models = model_paths(args, resolve_files(args, models_dir), models_dir)
-        device = pick_device(args.device)
-        images = [uint8_to_chw(np.asarray(Image.open(p).convert("RGB"))).unsqueeze(0) for p in image_paths]
-        results = restore_images(images, models, restore_options(args, device),
-                                 network_configs=network_configs(args, models_dir))
-    args.out.mkdir(parents=True, exist_ok=True)
-    for path, result in zip(image_paths, results):
-        save_results(result, args.out / path.stem, args.save_priors, args.stage0_only)
-    print(summary(args, len(image_paths)))
+        with PartialState().local_main_process_first():  # --download: one process per machine fetches the files
+            models = model_paths(args, resolve_files(args, models_dir), models_dir)
+        share = take_share(image_paths, process.index, process.count)
+        pending = [path for path in share if not outputs_exist(args, args.out / path.stem)]
+        print(f"{process.label}{len(pending)} image(s) to restore, {len(share) - len(pending)} skipped (their "
+              f"outputs are already in {args.out}).", flush=True)
+        if pending:
+            restore_pending(args, pending, models, models_dir, process)
+    counts = gather_object([(len(pending), len(share) - len(pending))])  # every process's, on every process
+    if process.index == 0:
+        restored, skipped = sum(done for done, _ in counts), sum(left for _, left in counts)
+        if restored:
+            print(summary(args, restored))
+        print(throughput(restored, skipped, process.count, time.perf_counter() - started), flush=True)
+    # Before exit, as PyTorch asks: once, without it, rank 0 aborted at exit ("terminate called without an active
+    # exception") after a tiny run.
+    PartialState().destroy_process_group()
     return 0
+
+
+def restore_pending(args, image_paths: list[Path], models, models_dir: Path, process: Process) -> None:
+    """Restore and save `image_paths`, --chunk-size at a time (0: all at once), each input's files written as
+    soon as its chunk is done; prints a line per input written."""
+    import numpy as np
+    from PIL import Image
+
+    from .pipelines.image import uint8_to_chw
+    from .pipelines.restore import restore_images
+
+    options, configs = restore_options(args, process.device), network_configs(args, models_dir)
+    args.out.mkdir(parents=True, exist_ok=True)
+    chunk = args.chunk_size or len(image_paths)
+    for start in range(0, len(image_paths), chunk):
+        paths = image_paths[start:start + chunk]
+        images = [uint8_to_chw(np.asarray(Image.open(p).convert("RGB"))).unsqueeze(0) for p in paths]
+        for path, result in zip(paths, restore_images(images, models, options, network_configs=configs)):
+            save_results(result, args.out / path.stem, args)
+            print(f"{process.label}wrote {path.stem}_* from {path}", flush=True)
+
+
+def throughput(restored: int, skipped: int, processes: int, seconds: float) -> str:
+    rate = f": {restored / seconds * 60:.2f} image(s) per minute" if restored else ""
+    on = f" on {processes} processes" if processes > 1 else ""
+    return (f"Restored {restored} image(s), skipped {skipped} whose outputs were already there, in {seconds:.1f} s"
+            f"{on}{rate}.")
 
 
 def summary(args, count: int) -> str:
@@ -377,8 +486,8 @@ def summary(args, count: int) -> str:
     if args.save_priors and args.mode == "public":
         written += ", priors *_ir.png, *_pose.png/.json, *_depth.png, *_normal.png (estimated) and *_caption.txt"
     elif args.save_priors:
-        written += (", priors *_ir.png, *_pose.png/.json, *_stage1.png (I_res), *_depth.png, *_normal.png, "
-                    "*_caption.txt and *_recaption.txt")
+        captions = "*_caption.txt" if args.no_recaption or args.fast else "*_caption.txt and *_recaption.txt"
+        written += f", priors *_ir.png, *_pose.png/.json, *_stage1.png (I_res), *_depth.png, *_normal.png, {captions}"
     mode = " (public-weights mode)" if args.mode == "public" else ""
     return f"Wrote DiffBody results{mode}{label} for {count} image(s) to {args.out}: {written}."
 

@@ -88,10 +88,9 @@ def build_networks(*, real: bool, device, dtype):
     return unet, controlnet, time.perf_counter() - start
 
 
-def measure(unet, controlnet, *, cfg, steps, batch, latent, scheduler, device, dtype) -> dict:
+def make_inputs(unet, controlnet, *, batch, latent, device) -> dict:
+    """sample_joint's inputs: seeded random latents and text embeddings (and the ControlNet with its image latent)."""
     import torch
-
-    from comfyui_diffbody.pipelines.stage1 import sample_joint
 
     width = unet.config.cross_attention_dim
     generator = torch.Generator().manual_seed(0)
@@ -101,6 +100,15 @@ def measure(unet, controlnet, *, cfg, steps, batch, latent, scheduler, device, d
     if controlnet is not None:
         inputs.update(image_latent=torch.randn(batch, 4, *latent, generator=generator).to(device),
                       controlnet=controlnet)
+    return inputs
+
+
+def measure(unet, controlnet, *, cfg, steps, batch, latent, scheduler, device, dtype) -> dict:
+    import torch
+
+    from comfyui_diffbody.pipelines.stage1 import sample_joint
+
+    inputs = make_inputs(unet, controlnet, batch=batch, latent=latent, device=device)
     sample_joint(unet, **inputs, steps=1, scheduler=scheduler, cfg=cfg, dtype=dtype)  # warm-up (kernels, caches)
 
     stamps = []

@@ -173,20 +173,25 @@ class ColourAdapter(nn.Module):
         (B, Lq, heads*dim_head) as ComfyUI's attn2 replace patch receives it (already through to_q).
         ip_tokens: (B, num_queries, output_dim) or (1, ...) for every batch item. Returns query's layout
         and dtype."""
-        layer = self.ip_layers[layer_index]
-        weight = layer.to_k_ip.weight
         flat = query.ndim == 3
         q = _split_heads(query, heads) if flat else query
         if q.shape[0] != ip_tokens.shape[0]:
             if ip_tokens.shape[0] != 1:
                 raise ValueError(f"ip_tokens batch {ip_tokens.shape[0]} does not match the query batch {q.shape[0]}")
             ip_tokens = ip_tokens.expand(q.shape[0], -1, -1)
-        tokens = ip_tokens.to(device=weight.device, dtype=weight.dtype)
-        k = _split_heads(layer.to_k_ip(tokens), heads)
-        v = _split_heads(layer.to_v_ip(tokens), heads)
-        out = F.scaled_dot_product_attention(q.to(weight.dtype), k, v, dropout_p=0.0, is_causal=False)
+        k, v = (_split_heads(x, heads) for x in self.ip_keys_values(layer_index, ip_tokens))
+        dtype = self.ip_layers[layer_index].to_k_ip.weight.dtype
+        out = F.scaled_dot_product_attention(q.to(dtype), k, v, dropout_p=0.0, is_causal=False)
         out = out.to(query.dtype)
         return out.transpose(1, 2).reshape(q.shape[0], q.shape[2], -1) if flat else out
+
+    def ip_keys_values(self, layer_index: int, ip_tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """This layer's keys and values of the ip tokens, (B, num_queries, heads*dim_head) each, in the
+        weights' dtype: constant for one image, so ComfyUI's patch computes them once per image."""
+        layer = self.ip_layers[layer_index]
+        weight = layer.to_k_ip.weight
+        tokens = ip_tokens.to(device=weight.device, dtype=weight.dtype)
+        return layer.to_k_ip(tokens), layer.to_v_ip(tokens)
 
 
 def _split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:

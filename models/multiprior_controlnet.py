@@ -146,15 +146,17 @@ def _check_sdxl_layout(unet_config: Mapping[str, Any]) -> None:
 
 class PriorExtractor(nn.Module):
     """f_i: diffusers' ControlNetConditioningEmbedding minus its last conv (3x3 convs, SiLU, stride-2
-    steps); image space (B,3,H,W) -> (B, channels[-1], H/8, W/8)."""
+    steps); image space (B,3,H,W) -> (B, channels[-1], H/8, W/8).
 
-    def __init__(self, in_channels: int, channels: tuple[int, ...]):
+    `conv` builds the convolutions (torch's Conv2d; ComfyUI's ops class for the native ControlNet)."""
+
+    def __init__(self, in_channels: int, channels: tuple[int, ...], conv=nn.Conv2d):
         super().__init__()
-        self.conv_in = nn.Conv2d(in_channels, channels[0], kernel_size=3, padding=1)
+        self.conv_in = conv(in_channels, channels[0], kernel_size=3, padding=1)
         self.blocks = nn.ModuleList()
         for c_in, c_out in zip(channels[:-1], channels[1:]):
-            self.blocks.append(nn.Conv2d(c_in, c_in, kernel_size=3, padding=1))
-            self.blocks.append(nn.Conv2d(c_in, c_out, kernel_size=3, padding=1, stride=2))
+            self.blocks.append(conv(c_in, c_in, kernel_size=3, padding=1))
+            self.blocks.append(conv(c_in, c_out, kernel_size=3, padding=1, stride=2))
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         features = F.silu(self.conv_in(image))
@@ -164,24 +166,32 @@ class PriorExtractor(nn.Module):
 
 
 class MultiPriorConditioningEmbedding(nn.Module):
-    """c_g = conv_out(sum_i a_i * f_i(prior_i)), conv_out zero-initialised (the fusion layer)."""
+    """c_g = conv_out(sum_i a_i * f_i(prior_i)), conv_out zero-initialised (the fusion layer).
+
+    `conv` builds the convolutions (see PriorExtractor); the diffusers network and ComfyUI's native one share
+    this module, so both compute c_g with the same code."""
 
     def __init__(self, embedding_channels: int, priors: tuple[str, ...], conditioning_channels: int,
-                 block_out_channels: tuple[int, ...]):
+                 block_out_channels: tuple[int, ...], conv=nn.Conv2d):
         super().__init__()
         if 2 ** (len(block_out_channels) - 1) != VAE_SCALE:
             raise ValueError(f"conditioning_embedding_out_channels needs {VAE_SCALE.bit_length()} entries "
                              f"(one per 2x step down to latent size), got {block_out_channels}")
         self.priors = tuple(priors)
-        self.extractors = nn.ModuleDict({p: PriorExtractor(conditioning_channels, block_out_channels) for p in priors})
-        self.conv_out = nn.Conv2d(block_out_channels[-1], embedding_channels, kernel_size=3, padding=1)
+        self.extractors = nn.ModuleDict({p: PriorExtractor(conditioning_channels, block_out_channels, conv)
+                                         for p in priors})
+        self.conv_out = conv(block_out_channels[-1], embedding_channels, kernel_size=3, padding=1)
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
 
-    def forward(self, priors: Mapping[str, torch.Tensor], strengths: Mapping[str, float]) -> torch.Tensor:
+    def forward(self, priors: Mapping[str, torch.Tensor], strengths: Mapping[str, float],
+                dtype: torch.dtype | None = None, device: torch.device | None = None) -> torch.Tensor:
+        """`dtype`, `device`: where to compute (default: the weights'; ComfyUI's ops cast weights per call, so
+        its native ControlNet computes in its manual-cast dtype on the sampling device)."""
         active = _active_priors(self.priors, strengths)
         shape = _check_prior_images(priors, active, self.priors)
-        dtype, device = self.conv_out.weight.dtype, self.conv_out.weight.device
+        dtype = dtype or self.conv_out.weight.dtype
+        device = device or self.conv_out.weight.device
         if not active:
             batch, _, height, width = shape
             return torch.zeros(batch, self.conv_out.out_channels, height // VAE_SCALE, width // VAE_SCALE,

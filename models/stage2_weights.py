@@ -53,21 +53,28 @@ def load_multiprior(path: str, dtype: torch.dtype | None = torch.float32, *,
                     device: str | torch.device = "cpu") -> MultiPriorControlNet:
     """Load a file written by `save_multiprior`, strictly: our format tag and version, a valid config,
     exactly the config's keys and shapes. On `device`, eval mode, `dtype` (None: the file's own)."""
+    config, state_dict = read_multiprior(path)
+    if dtype is None:
+        dtype = next(iter(state_dict.values())).dtype
+    model = MultiPriorControlNet(config).to(dtype)
+    model.load_state_dict(state_dict, strict=True)
+    return model.to(device).eval()
+
+
+def read_multiprior(path: str) -> tuple[MultiPriorControlNetConfig, dict[str, torch.Tensor]]:
+    """The config and the weights (the file's dtype) of a file written by `save_multiprior`, checked as
+    `load_multiprior` checks them, without building the network: ComfyUI's native ControlNet builds its own."""
     metadata = read_pack_metadata(path, CONTROLNET_FORMAT, CONTROLNET_EXPECTED, _describe_foreign)
     config = read_pack_config(metadata, MultiPriorControlNetConfig, path, CONTROLNET_EXPECTED)
     try:
-        model = MultiPriorControlNet(config)
+        with torch.device("meta"):
+            expected = MultiPriorControlNet(config).state_dict()
     except ValueError as e:
         raise WrongModelFile(f"DiffBody: '{os.path.basename(path)}' has an unusable ControlNet config ({e}). "
                              f"Expected {CONTROLNET_EXPECTED}.") from e
     state_dict = read_safetensors(path)
-    check_state_dict(model.state_dict(), state_dict, name=os.path.basename(path), expected=CONTROLNET_EXPECTED,
-                     path=path)
-    if dtype is None:
-        dtype = next(iter(state_dict.values())).dtype
-    model = model.to(dtype)
-    model.load_state_dict(state_dict, strict=True)
-    return model.to(device).eval()
+    check_state_dict(expected, state_dict, name=os.path.basename(path), expected=CONTROLNET_EXPECTED, path=path)
+    return config, state_dict
 
 
 def _describe_foreign(fmt: str | None, keys) -> str:

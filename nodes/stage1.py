@@ -77,7 +77,8 @@ class Stage1Sampler:
                              "tooltip": "Same seed, same result (on the same device)."}),
             "steps": ("INT", {"default": 200, "min": 1, "max": 1000,
                               "tooltip": "Sampling steps: 200 with DDPM as in the paper; 20-50 with ddim/dpmpp_2m."}),
-            "scheduler": (["ddpm", "ddim", "dpmpp_2m"], {"default": "ddpm", "tooltip": "Sampler/scheduler."}),
+            "scheduler": (["ddpm", "ddim", "dpmpp_2m", "dpmpp_2m_karras"], {
+                "default": "ddpm", "tooltip": "Sampler/scheduler (dpmpp_2m_karras: DPM++ 2M on Karras sigmas)."}),
             "cfg": ("FLOAT", {"default": 7.5, "min": 1.0, "max": 30.0, "step": 0.1,
                               "tooltip": "Classifier-free guidance on the caption; 1 disables it (twice as fast)."}),
             "control_strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 2.0, "step": 0.05,

@@ -42,11 +42,9 @@ class MultiPriorControlNetLoader:
         }}
 
     def load(self, controlnet_name: str, dtype: str):
-        from ..models.stage2_weights import load_multiprior
-        from .stage2_native import MultiPriorControl
+        from .multiprior_native import load_multiprior_control
 
-        network = load_multiprior(glue.model_path(controlnet_name, "diffbody"), dtype=glue.preferred_dtype(dtype))
-        return (MultiPriorControl(glue.wrap_for_memory_management(network)),)
+        return (load_multiprior_control(glue.model_path(controlnet_name, "diffbody"), glue.preferred_dtype(dtype)),)
 
 
 class ApplyMultiPriorControlNet:
@@ -98,7 +96,7 @@ class ApplyMultiPriorControlNet:
                      "normal": normal_strength}
         if strength == 0 or not any(strengths.values()):
             return (positive, negative)
-        from .stage2_native import MultiPriorControl
+        from .multiprior_native import MultiPriorControl
         percent_range = (start_percent, end_percent)
 
         def attach(previous):

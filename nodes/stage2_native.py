@@ -1,163 +1,137 @@
-"""Stage 2 inside ComfyUI's own sampler: a ControlBase subclass for the multi-prior ControlNet and an
-attn2 replace patch for the colour adapter.
+"""The colour adapter inside ComfyUI's own sampler: an attn2 patch on the SDXL MODEL (the multi-prior
+ControlNet is nodes/multiprior_native.py).
 
-This is the one node module besides glue.py that imports ComfyUI at module level: it subclasses
-ComfyUI's ControlBase. The node definitions (nodes/stage2.py) import it only when a node runs.
+It imports ComfyUI at module level; the node definitions (nodes/stage2.py) import it only when a node runs.
 """
 
 from __future__ import annotations
 
 import copy
 
-import comfy.controlnet
-import comfy.model_management
-import comfy.utils
 import torch
-from comfy.ldm.modules.attention import optimized_attention
-
-from ..models.multiprior_controlnet import PRIORS, MultiPriorControlNet
-from . import glue
+from comfy.ldm.modules import attention
 
 
-class MultiPriorControl(comfy.controlnet.ControlBase):
-    """DiffBody's multi-prior ControlNet as a CONTROL_NET: stacks with other ControlNets, follows
-    start/end percent and strength like ComfyUI's own, and lets ComfyUI load/offload the network.
+class AdapterRun:
+    """What every layer of one colour-adapter patch shares: the adapter, its image tokens (cond: I_res; uncond:
+    a zeroed image, as IP-Adapter was trained), the per-layer keys and values of those tokens (computed once
+    per image, device and dtype, not at every step), and the current step's sigma (read from the device once
+    per model call, not once per layer)."""
 
-    Priors come as IMAGEs (B,H,W,C in 0..1), converted once through the glue; c_g is computed once per
-    latent size per run.
-    With every prior strength (or the strength) at 0 it adds nothing, so sampling is exactly that of
-    the unconditioned model."""
+    def __init__(self, adapter, cond_tokens, uncond_tokens):
+        self.adapter, self.cond_tokens, self.uncond_tokens = adapter, cond_tokens, uncond_tokens
+        self._keys_values: dict[tuple, tuple] = {}
+        self._sigmas, self._sigma = None, None
 
-    def __init__(self, patcher):
-        super().__init__()
-        self.control_model_wrapped = patcher
-        self.control_model: MultiPriorControlNet = patcher.model
-        self.priors: dict[str, torch.Tensor] = {}
-        self.prior_strengths: dict[str, float] = {}
-        self.model_sampling_current = None
-        self.cond_embedding = None
+    def sigma(self, extra_options) -> float | None:
+        sigmas = extra_options.get("sigmas")
+        if sigmas is None:
+            return None
+        if sigmas is not self._sigmas:  # one tensor per model call, the same object in every layer
+            self._sigmas, self._sigma = sigmas, float(sigmas.max())
+        return self._sigma
 
-    def set_priors(self, priors: dict, strengths: dict, strength: float, percent_range: tuple[float, float]):
-        unknown = set(priors) - set(PRIORS)
-        if unknown:
-            raise ValueError(f"DiffBody: unknown priors {sorted(unknown)}; expected {PRIORS}")
-        self.priors = {name: glue.comfy_to_bchw(image) for name, image in priors.items() if image is not None}
-        self.prior_strengths = {name: float(strengths.get(name, 0.0)) for name in self.priors}
-        self.strength = strength
-        self.timestep_percent_range = percent_range
-        return self
+    def keys_values(self, layer_index: int, cond_or_uncond: list[int], batch: int, like: torch.Tensor):
+        """Keys and values over the ip tokens for a query batch made of `cond_or_uncond` chunks."""
+        per_kind = {kind: self._cached(layer_index, kind, like) for kind in set(cond_or_uncond)}
+        per_chunk = batch // len(cond_or_uncond)
+        chunks = [per_kind[kind] for kind in cond_or_uncond]
+        return tuple(torch.cat([_repeat_to(c[i], per_chunk) for c in chunks]) for i in (0, 1))
 
-    def set_cond_hint(self, cond_hint, strength=1.0, timestep_percent_range=(0.0, 1.0), vae=None, extra_concat=[]):
-        # ComfyUI's stock "Apply ControlNet" hands one image as (B,3,H,W): back to IMAGE, the cleaned-image prior.
-        super().set_cond_hint(cond_hint, strength, timestep_percent_range, vae, extra_concat)
-        return self.set_priors({"image": cond_hint.movedim(1, -1)}, {"image": 1.0}, strength, timestep_percent_range)
-
-    def active(self) -> bool:
-        return MultiPriorControlNet.is_active(self.prior_strengths, self.strength)
-
-    def get_control(self, x_noisy, t, cond, batched_number, transformer_options):
-        control_prev = None
-        if self.previous_controlnet is not None:
-            control_prev = self.previous_controlnet.get_control(x_noisy, t, cond, batched_number, transformer_options)
-        if self.timestep_range is not None and (t[0] > self.timestep_range[0] or t[0] < self.timestep_range[1]):
-            return control_prev
-        if not self.active():
-            return control_prev
-        dtype = next(self.control_model.parameters()).dtype
-        size = (x_noisy.shape[-2] * 8, x_noisy.shape[-1] * 8)
-        if self.cond_embedding is None or self.cond_embedding.shape[-2:] != x_noisy.shape[-2:]:
-            resized = {name: comfy.utils.common_upscale(image, size[1], size[0], "bilinear", "center")
-                       .to(x_noisy.device, dtype) for name, image in self.priors.items()}
+    def _cached(self, layer_index: int, kind: int, like: torch.Tensor):
+        key = (layer_index, kind, like.device, like.dtype)
+        if key not in self._keys_values:
+            tokens = self.uncond_tokens if kind == 1 else self.cond_tokens
             with torch.no_grad():
-                self.cond_embedding = self.control_model.embed_priors(resized, self.prior_strengths)
-        cond_embedding = self.cond_embedding
-        if cond_embedding.shape[0] != x_noisy.shape[0]:
-            cond_embedding = comfy.controlnet.broadcast_image_to(cond_embedding, x_noisy.shape[0], batched_number)
-        context = cond.get("crossattn_controlnet", cond["c_crossattn"]).to(x_noisy.device, dtype)
-        y = cond["y"].to(x_noisy.device, dtype)
-        timestep = self.model_sampling_current.timestep(t).to(dtype)
-        x_in = self.model_sampling_current.calculate_input(t, x_noisy).to(dtype)
-        with torch.no_grad():
-            down, mid = self.control_model(x_in, timestep, context, y, cond_embedding)
-        # ComfyUI's UNet pops "output" residuals from the end as it pops its skips: encoder order.
-        return self.control_merge({"output": list(down), "middle": [mid]}, control_prev, output_dtype=None)
+                k, v = self.adapter.ip_keys_values(layer_index, tokens)  # one entry per image of I_res
+            self._keys_values[key] = (k.to(like.device, like.dtype), v.to(like.device, like.dtype))
+        return self._keys_values[key]
 
-    def copy(self):
-        c = MultiPriorControl(self.control_model_wrapped)
-        self.copy_to(c)
-        c.priors, c.prior_strengths = dict(self.priors), dict(self.prior_strengths)
-        return c
 
-    def get_models(self):
-        return super().get_models() + [self.control_model_wrapped]
-
-    def pre_run(self, model, percent_to_timestep_function):
-        super().pre_run(model, percent_to_timestep_function)
-        self.model_sampling_current = model.model_sampling
-
-    def cleanup(self):
-        self.model_sampling_current = None
-        self.cond_embedding = None
-        super().cleanup()
-
-    def inference_memory_requirements(self, dtype):
-        return super().inference_memory_requirements(dtype) + comfy.model_management.module_size(self.control_model)
+def _repeat_to(x: torch.Tensor, n: int) -> torch.Tensor:
+    """Per-image keys/values for a chunk of n: as they are when there is one per item, else repeated."""
+    if x.shape[0] == n:
+        return x
+    return x.repeat((n + x.shape[0] - 1) // x.shape[0], 1, 1)[:n]
 
 
 class ColourAttention:
-    """attn2 replacement for one cross-attention layer: text attention plus `weight` times the
-    attention over the colour adapter's image tokens (IP-Adapter's decoupled cross-attention).
+    """attn2 replace patch for one cross-attention layer: the layer's attention plus `weight` times the
+    attention over the colour adapter's image tokens (IP-Adapter's decoupled cross-attention); outside
+    [sigma_end, sigma_start] only the layer's attention.
 
-    cond chunks use the tokens of I_res, uncond chunks those of a zeroed image, as IP-Adapter was
-    trained; outside [sigma_end, sigma_start] the layer is plain text attention."""
+    It composes with other attn2 patches instead of replacing them:
+    - a patch already at this layer (another pack's, or a second colour adapter) is `previous`, and its
+      output is the base our term is added to;
+    - a patch that comes later may `add` its term, as ComfyUI_IPAdapter_plus does with the patch it finds:
+      `callback(out, q, k, v, extra_options, **kwargs)` is added within kwargs' sigma_start/sigma_end.
+    The attention runs through ComfyUI's `optimized_attention` with the transformer options, so attention
+    overrides (SageAttention and the like) apply to it."""
 
-    def __init__(self, adapter, layer_index: int, cond_tokens, uncond_tokens, weight: float,
-                 sigma_start: float, sigma_end: float):
-        self.adapter, self.layer_index = adapter, layer_index
-        self.cond_tokens, self.uncond_tokens = cond_tokens, uncond_tokens
+    def __init__(self, run: AdapterRun, layer_index: int, weight: float, sigma_start: float, sigma_end: float,
+                 previous=None):
+        self.run, self.layer_index, self.previous = run, layer_index, previous
         self.weight, self.sigma_start, self.sigma_end = weight, sigma_start, sigma_end
+        self.added: list[tuple] = []
 
     def __deepcopy__(self, memo):
         """ComfyUI 0.3.75's ModelPatcher.clone() deep-copies model_options, patches included: every later clone
-        of the MODEL would copy the whole adapter (0.85 GB at real size). Patches are never changed in place, so
-        a copy shares the adapter and the image tokens."""
-        return copy.copy(self)
+        of the MODEL would copy the whole adapter (0.85 GB at real size). A copy shares the adapter and the
+        tokens; only the list of added terms is its own."""
+        c = copy.copy(self)
+        c.added = list(self.added)
+        return c
+
+    def add(self, callback, **kwargs):
+        """ComfyUI_IPAdapter_plus's protocol for adding a term to the patch it finds at a layer."""
+        self.added.append((callback, kwargs))
 
     def __call__(self, q, k, v, extra_options):
-        heads = extra_options["n_heads"]
-        out = optimized_attention(q, k, v, heads)
-        sigma = float(extra_options["sigmas"].max()) if "sigmas" in extra_options else None
-        if sigma is not None and not (self.sigma_end <= sigma <= self.sigma_start):
-            return out
-        tokens = self._tokens_for(extra_options.get("cond_or_uncond", [0]), q.shape[0]).to(q.device, q.dtype)
-        return out + self.weight * self.adapter.ip_attention(self.layer_index, q, tokens, heads)
+        if self.previous is not None:
+            out = self.previous(q, k, v, extra_options)
+        else:
+            out = _attention(q, k, v, extra_options)
+        sigma = self.run.sigma(extra_options)
+        if sigma is None or self.sigma_end <= sigma <= self.sigma_start:
+            cond_or_uncond = extra_options.get("cond_or_uncond", [0])
+            k_ip, v_ip = self.run.keys_values(self.layer_index, cond_or_uncond, q.shape[0], q)
+            out = out + self.weight * _attention(q, k_ip, v_ip, extra_options)
+        for callback, kwargs in self.added:
+            if sigma is None or kwargs.get("sigma_end", -1.0) <= sigma <= kwargs.get("sigma_start", float("inf")):
+                out = out + callback(out, q, k, v, extra_options, **kwargs)
+        return out
 
-    def _tokens_for(self, cond_or_uncond, batch: int):
-        per_chunk = batch // len(cond_or_uncond)
-        chunks = [_repeat_to(self.uncond_tokens if c == 1 else self.cond_tokens, per_chunk) for c in cond_or_uncond]
-        return torch.cat(chunks)
+
+def _attention(q, k, v, extra_options):
+    """ComfyUI's attention as attn2 itself runs it: read at call time (packs may swap the function), with the
+    layer's precision and, where core takes them (0.3.60+), the transformer options for attention overrides."""
+    kwargs = {"attn_precision": extra_options.get("attn_precision")}
+    if _TAKES_TRANSFORMER_OPTIONS:
+        kwargs["transformer_options"] = extra_options
+    return attention.optimized_attention(q, k, v, extra_options["n_heads"], **kwargs)
 
 
-def _repeat_to(tokens, n: int):
-    if tokens.shape[0] == n:
-        return tokens
-    return tokens.repeat((n + tokens.shape[0] - 1) // tokens.shape[0], 1, 1)[:n]
+_TAKES_TRANSFORMER_OPTIONS = hasattr(attention, "wrap_attn")
+ADAPTERS_KEY = "diffbody_colour_adapter"
 
 
 def patch_colour_adapter(model, adapter, adapter_patcher, cond_tokens, uncond_tokens, weight: float,
                          start_percent: float, end_percent: float):
     """A clone of MODEL with the adapter on every SDXL cross-attention layer (ComfyUI's attn2 replace
-    patches), the adapter's weights registered so ComfyUI loads them with the UNet."""
+    patches, wrapping any patch already there), the adapter's weights registered so ComfyUI loads them with
+    the UNet."""
     from ..models.unet_layout import comfy_attn2_locations
 
     patched = model.clone()
     sampling = patched.get_model_object("model_sampling")
     sigma_start = float(sampling.percent_to_sigma(start_percent))
     sigma_end = float(sampling.percent_to_sigma(end_percent))
-    locations = comfy_attn2_locations(patched.model.model_config.unet_config)
-    for index, (block, number, transformer_index) in enumerate(locations):
-        patched.set_model_attn2_replace(
-            ColourAttention(adapter, index, cond_tokens, uncond_tokens, weight, sigma_start, sigma_end),
-            block, number, transformer_index)
-    patched.set_additional_models("diffbody_colour_adapter", [adapter_patcher])
+    existing = patched.model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn2", {})
+    run = AdapterRun(adapter, cond_tokens, uncond_tokens)
+    for index, (block, number, transformer_index) in enumerate(comfy_attn2_locations(patched.model.model_config.unet_config)):
+        previous = existing.get((block, number, transformer_index))
+        patched.set_model_attn2_replace(ColourAttention(run, index, weight, sigma_start, sigma_end, previous),
+                                        block, number, transformer_index)
+    adapters = patched.get_additional_models_with_key(ADAPTERS_KEY)  # a second colour adapter adds its own
+    patched.set_additional_models(ADAPTERS_KEY, adapters + [adapter_patcher])
     return patched

@@ -35,6 +35,9 @@ BUCKETS: tuple[tuple[int, int], ...] = ((512, 512), (768, 512), (1024, 512), (51
 SIZE_MODES = ("bucket", "native")
 SIZE_MULTIPLE = 64
 PAD_FILLS = ("edge", "black")
+# How stage 2 pads each image it samples on, by role (the command line's restore and the "DiffBody Stage 2
+# Canvas" node): I_ir, depth, normal and the colour source by their edges, the skeleton with black.
+STAGE2_FILLS = {"image": "edge", "pose": "black", "depth": "edge", "normal": "edge", "colour": "edge"}
 
 
 class UnknownSizeMode(DiffBodyError, ValueError):

@@ -27,7 +27,7 @@ from typing import Callable, ContextManager, Mapping
 import torch
 
 from ..models.multiprior_controlnet import PRIORS
-from .buckets import plan_resize
+from .buckets import STAGE2_FILLS, plan_resize
 from .presets import MODE_DEFAULTS, MODES
 from .stage0 import Stage0Options, run_stage0
 
@@ -278,11 +278,10 @@ def _restore_one(pipeline, result: RestoreResult, settings, options: RestoreOpti
     photos and maps by their edges, the skeleton with black), cropped and resized back to I_ir's size. The
     colour adapter sees I_res, or I_ir in the public-weights mode (no stage 1)."""
     plan = plan_resize(*result.cleaned.shape[-2:], mode=options.size_mode)
-    fills = {"image": "edge", "pose": "black", "depth": "edge", "normal": "edge"}
     images = {"image": result.cleaned, "pose": result.pose_image, "depth": result.depth, "normal": result.normal}
-    priors = {name: plan.to_canvas(images[name][None], fill=fills[name]) for name in PRIORS}
+    priors = {name: plan.to_canvas(images[name][None], fill=STAGE2_FILLS[name]) for name in PRIORS}
     colour_source = result.cleaned if options.mode == "public" else result.stage1
-    restored = plan.to_canvas(colour_source[None], fill="edge")
+    restored = plan.to_canvas(colour_source[None], fill=STAGE2_FILLS["colour"])
     out = pipeline(priors, restored, settings, progress=progress)
     return plan.from_canvas(out)[0]
 

@@ -2,14 +2,17 @@
 schedulers on a model's training schedule, per-item seeds, one scheduler step, classifier-free guidance.
 
 Schedulers: "ddpm" (the paper's sampler; stochastic), "ddim" (eta 0, deterministic), "dpmpp_2m"
-(DPM-Solver++ 2M) and "euler" (EulerDiscrete), each built on the diffusers scheduler config of the model's
-training schedule (SD 2.1-base's for stage 1, SDXL 1.0's for stage 2). A stage may offer fewer of them.
+(DPM-Solver++ 2M), "dpmpp_2m_karras" (the same on Karras et al.'s sigmas, rho 7 between the schedule's
+smallest and largest sigma: ComfyUI's `dpmpp_2m` + `karras`) and "euler" (EulerDiscrete), each built on the
+diffusers scheduler config of the model's training schedule (SD 2.1-base's for stage 1, SDXL 1.0's for
+stage 2). A stage may offer fewer of them.
 
 Timesteps: Stable Diffusion's "leading" spacing with steps_offset 1 goes wrong at 1000 steps: DDPM, DDIM and
 Euler ask for timestep 1000, one past the schedule, and DPM-Solver's timesteps collapse to a single repeated
 one (its steps then run off its sigma table). `scheduler_for_steps` switches such step counts to "trailing"
 spacing, which ends at 999 with every timestep distinct, so no UNet is asked for a timestep it was not
-trained on.
+trained on. Karras sigmas are the exception: at hundreds of steps several distinct sigmas near 0 round to
+the same integer timestep (all inside the schedule); they are meant for 20-50 steps.
 
 Seeds: item i of a batch uses its own CPU generator seeded seed + i, for its initial noise and its DDPM
 step noise, so an item's result does not depend on what else is in the batch, and a seed gives the same
@@ -27,7 +30,7 @@ import torch
 
 from ..models.errors import DiffBodyError
 
-SCHEDULERS = ("ddpm", "ddim", "dpmpp_2m", "euler")
+SCHEDULERS = ("ddpm", "ddim", "dpmpp_2m", "dpmpp_2m_karras", "euler")
 
 
 class UnknownScheduler(DiffBodyError, ValueError):
@@ -51,9 +54,9 @@ def make_scheduler(name: str, schedule: Mapping[str, Any], *, choices: Sequence[
         return DDPMScheduler(**config, variance_type="fixed_small", clip_sample=False)
     if name == "ddim":
         return DDIMScheduler(**config, set_alpha_to_one=False, clip_sample=False)
-    if name == "dpmpp_2m":
+    if name in ("dpmpp_2m", "dpmpp_2m_karras"):
         return DPMSolverMultistepScheduler(**config, algorithm_type="dpmsolver++", solver_order=2,
-                                           lower_order_final=True)
+                                           lower_order_final=True, use_karras_sigmas=name == "dpmpp_2m_karras")
     return EulerDiscreteScheduler(**config, interpolation_type="linear")
 
 

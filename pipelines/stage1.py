@@ -10,7 +10,8 @@ steps, betas "scaled_linear" from 0.00085 to 0.012, epsilon prediction, steps_of
 "leading". Stage 1 offers:
 - "ddpm": the paper's sampler; 200 steps by default (the paper's setting). Stochastic: each step adds
   fresh noise, drawn from the seeded per-item generators.
-- "ddim" (eta 0, deterministic) and "dpmpp_2m" (DPM-Solver++ 2M) for 20-50 steps.
+- "ddim" (eta 0, deterministic), "dpmpp_2m" (DPM-Solver++ 2M) and "dpmpp_2m_karras" (on Karras sigmas) for
+  20-50 steps.
 
 One scheduler instance steps all three branches as one stacked (B, 3, 4, h, w) tensor. That is exact
 only because each of these updates is element-wise with coefficients that depend on the timestep
@@ -55,8 +56,8 @@ if TYPE_CHECKING:
 
 ProgressFn = Callable[[int, int], None]
 
-SCHEDULERS = ("ddpm", "ddim", "dpmpp_2m")
-DEFAULT_STEPS = {"ddpm": 200, "ddim": 50, "dpmpp_2m": 25}
+SCHEDULERS = ("ddpm", "ddim", "dpmpp_2m", "dpmpp_2m_karras")
+DEFAULT_STEPS = {"ddpm": 200, "ddim": 50, "dpmpp_2m": 25, "dpmpp_2m_karras": 25}
 DEFAULT_CFG = 7.5
 MAX_STEPS = 1000
 

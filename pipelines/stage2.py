@@ -10,7 +10,7 @@ Conventions (stage 1's: schedulers, seeds, the timestep guard and the guidance o
 pipelines/sampling.py):
 - Schedulers on SDXL 1.0's training schedule (scheduler_config.json: 1000 steps, scaled_linear betas
   0.00085..0.012, epsilon, steps_offset 1, "leading" spacing): "ddpm" (the paper's), "ddim" (eta 0),
-  "dpmpp_2m" (DPM-Solver++ 2M), "euler" (EulerDiscrete).
+  "dpmpp_2m" (DPM-Solver++ 2M), "dpmpp_2m_karras" (on Karras sigmas), "euler" (EulerDiscrete).
 - Classifier-free guidance: negative prompt + the colour adapter's unconditional tokens (the CLIP
   features of an all-zero CLIP input, as IP-Adapter does) in one half, prompt + I_res tokens in the
   other; the ControlNet acts on both halves (ComfyUI's "Apply ControlNet" on positive and negative).
@@ -46,8 +46,8 @@ if TYPE_CHECKING:
 
 ProgressFn = Callable[[int, int], None]
 
-SCHEDULERS = ("ddpm", "ddim", "dpmpp_2m", "euler")
-DEFAULT_STEPS = {"ddpm": 200, "ddim": 50, "dpmpp_2m": 30, "euler": 30}
+SCHEDULERS = ("ddpm", "ddim", "dpmpp_2m", "dpmpp_2m_karras", "euler")
+DEFAULT_STEPS = {"ddpm": 200, "ddim": 50, "dpmpp_2m": 30, "dpmpp_2m_karras": 30, "euler": 30}
 # stabilityai/stable-diffusion-xl-base-1.0, scheduler/scheduler_config.json (an EulerDiscreteScheduler there).
 SDXL_TRAINING_SCHEDULE = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
                               beta_schedule="scaled_linear", prediction_type="epsilon", steps_offset=1,

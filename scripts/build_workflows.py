@@ -31,8 +31,8 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from comfyui_diffbody.pipelines.presets import (KSAMPLER_NAMES, MODE_DEFAULTS, PUBLIC_DEPTH_MODEL,
-                                               PUBLIC_NORMAL_SOURCE)
+from comfyui_diffbody.pipelines.presets import (FAST, KSAMPLER_NAMES, MODE_DEFAULTS, PUBLIC_DEPTH_MODEL,
+                                               PUBLIC_NORMAL_SOURCE, with_speed)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 WORKFLOWS_DIR = REPO_ROOT / "workflows"
@@ -146,6 +146,28 @@ def stage1_nodes() -> list[Node]:
     ]
 
 
+# Stage 2 samples on the canvas of "DiffBody Stage 2 Canvas" (node 44): the command line's bucket, not I_ir's size.
+CANVAS_PRIORS = {"image": (44, 0), "pose": (44, 1), "depth": (44, 2), "normal": (44, 3)}
+
+
+def canvas_nodes(*, x: float, y: float, colour: tuple, depth: tuple, normal: tuple) -> list[Node]:
+    """I_ir (node 3), I_pose (node 4), depth, normal and the colour source onto the stage-2 canvas (44), whose
+    size makes the latent (38 -> 39)."""
+    return [
+        Node(44, "DiffBodyStage2Canvas", (x, y), (360, 190), "Stage 2 canvas (bounded size)", {"size_mode": "bucket"},
+             {"image": (3, 0), "pose": (4, 0), "depth": depth, "normal": normal, "colour": colour}),
+        Node(38, "GetImageSize", (x, y + 240), (240, 100), "Size of the canvas", links={"image": (44, 0)}),
+        Node(39, "EmptyLatentImage", (x, y + 390), (300, 106), "Latent of the canvas's size",
+             {"width": 512, "height": 512, "batch_size": 1},
+             {"width": (38, 0), "height": (38, 1), "batch_size": (38, 2)}),
+    ]
+
+
+def back_to_size_node(*, x: float, y: float) -> Node:
+    return Node(45, "DiffBodyStage2BackToSize", (x, y), (320, 66), "Back to I_ir's size",
+                links={"image": (41, 0), "plan": (44, 5)})
+
+
 def model_table(workflow_nodes: list[Node], object_info: dict) -> str:
     """A Markdown table of every model file the workflow needs: file, folder, where to get it."""
     from comfyui_diffbody.models.files import FOLDERS, KNOWN_FILES
@@ -197,14 +219,15 @@ Model files (paths below `ComfyUI/models/`):
 {models}
 """
 
+KEEP_LOADED_LINE = ("  `keep_loaded` is on so the re-caption after stage 1 does not load LLaVA again (it waits in "
+                    "RAM).\n")
 STAGE0_NOTE = """## Stage 0
 - **SwinIR cleanup** removes blur, noise and JPEG damage. `upscale` 1 keeps the photo's size; for small or
   low-resolution photos raise it (e.g. 2) so I_ir's sides end up about 512-1024 px, the sizes DiffBody was
   trained at.
 - **Pose**: DWPose (`backend`), every person, OpenPose colours on black.
 - **Caption**: LLaVA 1.5 describes clothing, colours, pose and setting; `user_text` adds your own words.
-  `keep_loaded` is on so the re-caption after stage 1 does not load LLaVA again (it waits in RAM).
-"""
+""" + KEEP_LOADED_LINE
 
 STAGE1_NOTE = """## Stage 1
 Load Checkpoint with SD 2.1-base gives the VAE and CLIP; its MODEL is not used (the DiffBody Stage 1 Loader
@@ -224,15 +247,16 @@ STAGE2_NOTE = """## Stage 2: settings
 - **Colour adapter**: CLIP ViT-H features of I_res steer the colours; `weight` 1.0.
 """
 
-LATENT_NOTE = """## Stage 2: the latent's size
-**Get Image Size** (of I_ir) -> **Empty Latent Image**: stage 2 samples at I_ir's own size, from pure noise.
+LATENT_NOTE = """## Stage 2: a bounded size
+**DiffBody Stage 2 Canvas** puts I_ir, the priors and the colour source on the nearest of the paper's training
+sizes (512x512 ... 1024x512), as the command line's stage 2 does; **Get Image Size** of that canvas ->
+**Empty Latent Image**; **DiffBody Stage 2 Back To Size** crops and resizes the decoded result to I_ir's size.
+- Bounded: a 3000x2000 scan is sampled at 768x512, not as a 6-megapixel SDXL run (memory and time grow with
+  the area, and SDXL drifts far from its sizes). The result still has the input's size times SwinIR's
+  `upscale`. `size_mode` native samples at I_ir's own size instead (padded to a multiple of 64).
 - Pure noise, as the paper's stage 2 starts: KSampler adds its noise *to* the latent it is given even at
-  denoise 1.0, so a VAE Encode of I_ir would leak the SwinIR image into the start.
-- I_ir's size: the ControlNet resizes its four priors to the latent and centre-crops them when the aspect
-  differs, so a latent of I_ir's size uses every prior pixel for pixel; the result then has the input's
-  size times SwinIR's `upscale`, like the command line's result (which samples on the nearest training
-  bucket and resizes back). Keep I_ir's sides about 512-1024 px with `upscale`: SDXL drifts far from
-  its sizes and memory grows with the area. batch_size follows the image batch.
+  denoise 1.0, so a VAE Encode of I_ir would leak the SwinIR image into the start. batch_size follows the
+  image batch.
 """
 
 PRIORS_OVERVIEW = """# DiffBody: priors only
@@ -267,26 +291,23 @@ def full_workflow(object_info: dict) -> Workflow:
              {"adapter_name": "diffbody_colour_adapter.safetensors", "auto_download": False}),
         Node(36, "CLIPVisionLoader", (2270, 740), (360, 58), "CLIP ViT-H (colour adapter)",
              {"clip_name": "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors"}),
-        Node(38, "GetImageSize", (2270, 850), (240, 100), "Size of I_ir", links={"image": (3, 0)}),
-        Node(39, "EmptyLatentImage", (2270, 1000), (300, 106), "Latent of I_ir's size",
-             {"width": 512, "height": 512, "batch_size": 1},
-             {"width": (38, 0), "height": (38, 1), "batch_size": (38, 2)}),
+        *canvas_nodes(x=2270, y=850, colour=(14, 0), depth=(14, 1), normal=(14, 2)),
         Node(34, "DiffBodyApplyMultiPriorControlNet", (2680, 0), (340, 430),
              "Priors: a1 I_ir, a2 pose, a3 depth, a4 normal",
              {**strength_widgets(PAPER), "strength": 1.0, "start_percent": 0.0, "end_percent": 1.0},
-             {"positive": (31, 0), "negative": (32, 0), "control_net": (33, 0), "image": (3, 0), "pose": (4, 0),
-              "depth": (14, 1), "normal": (14, 2)}),
+             {"positive": (31, 0), "negative": (32, 0), "control_net": (33, 0), **CANVAS_PRIORS}),
         Node(37, "DiffBodyApplyColourAdapter", (2680, 480), (340, 190), "Colour adapter on I_res",
              {"weight": PAPER.adapter_weight, "start_percent": 0.0, "end_percent": 1.0},
-             {"model": (30, 0), "colour_adapter": (35, 0), "clip_vision": (36, 0), "image": (14, 0)}),
+             {"model": (30, 0), "colour_adapter": (35, 0), "clip_vision": (36, 0), "image": (44, 4)}),
         Node(40, "KSampler", (3070, 0), (320, 262), "Stage 2 sampler (DDPM, 200 steps)",
              ksampler_widgets(PAPER),
              {"model": (37, 0), "positive": (34, 0), "negative": (34, 1), "latent_image": (39, 0)}),
         Node(41, "VAEDecode", (3070, 320), (210, 46), "Decode (SDXL VAE)", links={"samples": (40, 0), "vae": (30, 2)}),
+        back_to_size_node(x=3070, y=410),
         Node(42, "SaveImage", (3440, 0), (440, 480), "Restored photo", {"filename_prefix": "diffbody"},
-             {"images": (41, 0)}),
+             {"images": (45, 0)}),
         Node(43, "DiffBodyBeforeAfter", (3440, 530), (440, 480), "Before / after", links={"before": (1, 0),
-                                                                                          "after": (41, 0)}),
+                                                                                          "after": (45, 0)}),
     ]
     notes = [
         Node(90, "MarkdownNote", (0, -560), (760, 500), "About this workflow",
@@ -294,7 +315,7 @@ def full_workflow(object_info: dict) -> Workflow:
         Node(91, "MarkdownNote", (0, 570), (320, 450), "Stage 0", text=STAGE0_NOTE),
         Node(92, "MarkdownNote", (760, 640), (360, 360), "Stage 1", text=STAGE1_NOTE),
         Node(93, "MarkdownNote", (2680, 720), (340, 420), "Stage 2 settings", text=STAGE2_NOTE),
-        Node(94, "MarkdownNote", (3070, 420), (320, 480), "Stage 2 latent size", text=LATENT_NOTE),
+        Node(94, "MarkdownNote", (3070, 530), (320, 560), "Stage 2 size", text=LATENT_NOTE),
     ]
     groups = [
         Group("Stage 0: SwinIR cleanup (I_ir), pose (I_pose), caption (p)", (1, 2, 3, 4, 5, 91), "#3f789e"),
@@ -302,7 +323,7 @@ def full_workflow(object_info: dict) -> Workflow:
               "#8A8"),
         Group("Re-caption p' on I_res", (20, 21), "#b58b2a"),
         Group("Stage 2: SDXL + multi-prior ControlNet + colour adapter", (30, 31, 32, 33, 34, 35, 36, 37, 38, 39,
-                                                                          40, 41, 93, 94), "#a1309b"),
+                                                                          40, 41, 44, 45, 93, 94), "#a1309b"),
         Group("Result", (42, 43), "#444"),
     ]
     return Workflow("diffbody_full", notes + nodes, groups)
@@ -405,26 +426,23 @@ def public_workflow(object_info: dict) -> Workflow:
              {"adapter_name": "ip-adapter-plus_sdxl_vit-h.safetensors", "auto_download": False}),
         Node(36, "CLIPVisionLoader", (1180, 720), (360, 58), "CLIP ViT-H (IP-Adapter's image encoder)",
              {"clip_name": "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors"}),
-        Node(38, "GetImageSize", (1180, 830), (240, 100), "Size of I_ir", links={"image": (3, 0)}),
-        Node(39, "EmptyLatentImage", (1180, 980), (300, 106), "Latent of I_ir's size",
-             {"width": 512, "height": 512, "batch_size": 1},
-             {"width": (38, 0), "height": (38, 1), "batch_size": (38, 2)}),
+        *canvas_nodes(x=1180, y=830, colour=(3, 0), depth=(8, 0), normal=(8, 1)),
         Node(34, "DiffBodyApplyMultiPriorControlNet", (1590, 0), (340, 430),
              "Union priors: a1 I_ir (tile), a2 pose, a3 depth, a4 normal",
              {**strength_widgets(PUBLIC), "strength": 1.0, "start_percent": 0.0, "end_percent": 1.0},
-             {"positive": (31, 0), "negative": (32, 0), "control_net": (33, 0), "image": (3, 0), "pose": (4, 0),
-              "depth": (8, 0), "normal": (8, 1)}),
+             {"positive": (31, 0), "negative": (32, 0), "control_net": (33, 0), **CANVAS_PRIORS}),
         Node(37, "DiffBodyApplyColourAdapter", (1590, 480), (340, 190), "IP-Adapter Plus XL on I_ir",
              {"weight": PUBLIC.adapter_weight, "start_percent": 0.0, "end_percent": 1.0},
-             {"model": (30, 0), "colour_adapter": (35, 0), "clip_vision": (36, 0), "image": (3, 0)}),
+             {"model": (30, 0), "colour_adapter": (35, 0), "clip_vision": (36, 0), "image": (44, 4)}),
         Node(40, "KSampler", (1980, 0), (320, 262), "Stage 2 sampler (DDPM, 200 steps)",
              ksampler_widgets(PUBLIC),
              {"model": (37, 0), "positive": (34, 0), "negative": (34, 1), "latent_image": (39, 0)}),
         Node(41, "VAEDecode", (1980, 320), (210, 46), "Decode (SDXL VAE)", links={"samples": (40, 0), "vae": (30, 2)}),
+        back_to_size_node(x=1980, y=410),
         Node(42, "SaveImage", (2350, 0), (440, 480), "Restored photo", {"filename_prefix": "diffbody_public"},
-             {"images": (41, 0)}),
+             {"images": (45, 0)}),
         Node(43, "DiffBodyBeforeAfter", (2350, 530), (440, 480), "Before / after", links={"before": (1, 0),
-                                                                                          "after": (41, 0)}),
+                                                                                          "after": (45, 0)}),
     ]
     notes = [
         Node(90, "MarkdownNote", (0, -600), (760, 540), "About this workflow",
@@ -432,19 +450,60 @@ def public_workflow(object_info: dict) -> Workflow:
         Node(91, "MarkdownNote", (0, 570), (320, 420), "Stage 0", text=PUBLIC_STAGE0_NOTE),
         Node(92, "MarkdownNote", (760, 980), (360, 330), "Depth & normal priors", text=ESTIMATOR_NOTE),
         Node(93, "MarkdownNote", (1590, 720), (340, 560), "Stage 2 settings", text=PUBLIC_STAGE2_NOTE),
-        Node(94, "MarkdownNote", (1980, 420), (320, 480), "Stage 2 latent size", text=LATENT_NOTE),
+        Node(94, "MarkdownNote", (1980, 530), (320, 560), "Stage 2 size", text=LATENT_NOTE),
     ]
     groups = [
         Group("Stage 0: SwinIR cleanup (I_ir), pose (I_pose), caption (p)", (1, 2, 3, 4, 5, 91), "#3f789e"),
         Group("Depth & normal priors from public estimators (instead of stage 1)", (8, 15, 16, 92), "#8A8"),
         Group("Stage 2: SDXL + ControlNet-Union + IP-Adapter Plus XL", (30, 31, 32, 33, 34, 35, 36, 37, 38, 39,
-                                                                        40, 41, 93, 94), "#a1309b"),
+                                                                        40, 41, 44, 45, 93, 94), "#a1309b"),
         Group("Result", (42, 43), "#444"),
     ]
     return Workflow("diffbody_public", notes + nodes, groups)
 
 
-WORKFLOWS = (full_workflow, priors_workflow, public_workflow)
+FAST_OVERVIEW = """# Fast mode ({stage1_steps} + {stage2_steps} steps, one caption)
+
+`{base}` with the speed profile of `restore --fast` (`FAST` in pipelines/presets.py): DPM++ 2M on Karras sigmas
+at {stage1_steps} steps in stage 1 and {stage2_steps} in stage 2 (KSampler `dpmpp_2m` + `karras`) instead of DDPM
+200, and stage 2's prompt is the first caption p (no second LLaVA call: each costs seconds with LLaVA-7B).
+Everything else is `{base}`'s, described below.
+
+"""
+RECAPTION_NODES = {20, 21}  # diffbody_full's re-caption p' = LLaVA(I_res) and its preview
+
+
+def fast_variant(build, preset):
+    """A builder of `build`'s workflow with presets.FAST: its samplers, and stage 2 prompted by the first
+    caption p (node 5) instead of the re-caption, whose nodes are left out."""
+    fast = with_speed(preset, FAST)
+
+    def build_fast(object_info: dict) -> Workflow:
+        workflow = build(object_info)
+        nodes = [node for node in workflow.nodes if node.id not in RECAPTION_NODES]
+        for node in nodes:
+            if node.type == "KSampler":
+                node.widgets, node.title = ksampler_widgets(fast), \
+                    f"Stage 2 sampler (DPM++ 2M Karras, {fast.stage2_steps} steps)"
+            elif node.type == "DiffBodyStage1Sampler":
+                node.widgets = {**node.widgets, "scheduler": fast.stage1_scheduler, "steps": fast.stage1_steps}
+            elif node.type == "DiffBodyLlavaCaption":
+                node.widgets = {**node.widgets, "keep_loaded": False}
+            elif node.id == 31:
+                node.links, node.title = {**node.links, "text": (5, 0)}, "Stage 2 positive: caption p"
+            elif node.id == 90:
+                node.text = FAST_OVERVIEW.format(base=workflow.name, stage1_steps=fast.stage1_steps,
+                                                 stage2_steps=fast.stage2_steps) + node.text
+            elif node.id == 91:
+                node.text = node.text.replace(KEEP_LOADED_LINE, "")
+        groups = [group for group in workflow.groups if not set(group.node_ids) & RECAPTION_NODES]
+        return Workflow(f"{workflow.name}_fast", nodes, groups)
+
+    return build_fast
+
+
+WORKFLOWS = (full_workflow, priors_workflow, public_workflow, fast_variant(full_workflow, PAPER),
+             fast_variant(public_workflow, PUBLIC))
 
 
 # -- formats -------------------------------------------------------------------------------------------

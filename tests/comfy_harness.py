@@ -98,11 +98,14 @@ def make_base_dir(base: Path, pack_folder_name: str, models_dir: Path | None = N
 
 class ComfyServer:
     """`extra_args`: more ComfyUI command-line options; `comfy_dir` None: the ComfyUI of comfyui_dir();
-    `python_path`: entries put before the inherited PYTHONPATH (what oldest_comfyui() returns with its folder)."""
+    `python_path`: entries put before the inherited PYTHONPATH (what oldest_comfyui() returns with its folder);
+    `cpu` False: ComfyUI picks its device (the GPU suite, bench/gpu_suite.py); the tests run it with --cpu."""
 
     def __init__(self, base_dir: Path, *, python: str = sys.executable, startup_timeout: float = 180.0,
-                 extra_args: tuple[str, ...] = (), comfy_dir: Path | None = None, python_path: str = ""):
+                 extra_args: tuple[str, ...] = (), comfy_dir: Path | None = None, python_path: str = "",
+                 cpu: bool = True):
         self.base_dir = base_dir
+        self.cpu = cpu
         self.extra_args = tuple(extra_args)
         self.comfy_dir = comfy_dir
         self.python_path = python_path
@@ -118,9 +121,9 @@ class ComfyServer:
     # -- life cycle ---------------------------------------------------------------------------
     def start(self) -> "ComfyServer":
         comfy = self.comfy_dir or comfyui_dir()
-        cmd = [self.python, str(comfy / "main.py"), "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
-               "--base-directory", str(self.base_dir), "--database-url", "sqlite:///:memory:",
-               "--disable-auto-launch", *self.extra_args]
+        cmd = [self.python, str(comfy / "main.py"), *(["--cpu"] if self.cpu else []), "--listen", "127.0.0.1",
+               "--port", str(self.port), "--base-directory", str(self.base_dir), "--database-url",
+               "sqlite:///:memory:", "--disable-auto-launch", *self.extra_args]
         env = dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
                    DO_NOT_TRACK="1", DIFFBODY_NETWORK_GUARD_LOG=str(self.network_log))
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(NETWORK_GUARD), self.python_path, env.get("PYTHONPATH")]))

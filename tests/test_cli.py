@@ -53,6 +53,20 @@ def test_tiny_run_restores_and_saves_every_prior(tmp_path):
     assert "2/2" in result.stderr
 
 
+def test_fast_run_reuses_the_first_caption(tmp_path):
+    """--fast: stage 2 is prompted by p, so LLaVA runs once (no re-caption bar, no *_recaption.txt); the run
+    above, without --fast, writes one."""
+    photo = tmp_path / "small.png"
+    Image.open(SAMPLE).convert("RGB").resize((96, 64)).save(photo)
+    result = run_cli(photo, "--tiny", "--fast", "--out", tmp_path / "out", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = tmp_path / "out"
+    assert Image.open(out / "small_restored.png").size == (96, 64)
+    assert (out / "small_caption.txt").read_text().strip()
+    assert not (out / "small_recaption.txt").exists() and "re-caption" not in result.stderr
+    assert "recaption" not in result.stdout
+
+
 def test_stage0_only_on_a_folder_writes_the_stage0_outputs(tmp_path):
     images = tmp_path / "in"
     images.mkdir()

@@ -10,11 +10,13 @@ import pytest
 import torch
 
 from comfyui_diffbody.cli import build_parser, restore_options
-from comfyui_diffbody.pipelines.presets import (KSAMPLER_NAMES, MODE_DEFAULTS, MODES, PUBLIC_DEPTH_MODEL,
-                                                PUBLIC_NORMAL_SOURCE)
+from comfyui_diffbody.pipelines.presets import (FAST, KSAMPLER_NAMES, MODE_DEFAULTS, MODES, PUBLIC_DEPTH_MODEL,
+                                                PUBLIC_NORMAL_SOURCE, with_speed)
 from workflow_tools import API_DIR
 
-WORKFLOW_MODES = {"diffbody_full": "diffbody", "diffbody_priors": "diffbody", "diffbody_public": "public"}
+WORKFLOW_MODES = {"diffbody_full": "diffbody", "diffbody_priors": "diffbody", "diffbody_public": "public",
+                  "diffbody_full_fast": "diffbody", "diffbody_public_fast": "public"}
+FAST_SUFFIX = "_fast"  # a workflow with presets.FAST over its mode's defaults
 STRENGTH_INPUTS = ("image_strength", "pose_strength", "depth_strength", "normal_strength")
 
 
@@ -45,6 +47,30 @@ def test_command_line_choices_override_the_mode():
     assert options.stage2_scheduler == "ddim" and options.stage2_steps is None
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_fast_takes_the_speed_profile_and_reuses_the_first_caption(mode):
+    options = cli_options("--mode", mode, "--fast")
+    assert (options.stage1_scheduler, options.stage1_steps) == (FAST.stage1_scheduler, FAST.stage1_steps)
+    assert (options.stage2_scheduler, options.stage2_steps) == (FAST.stage2_scheduler, FAST.stage2_steps)
+    assert options.recaption is FAST.recaption is False
+    preset = MODE_DEFAULTS[mode]
+    assert (options.strengths, options.adapter_weight, options.cfg) == \
+        (preset.strengths, preset.adapter_weight, preset.stage2_cfg)
+    assert cli_options("--mode", mode).recaption  # without --fast: the paper's re-caption
+    chosen = cli_options("--mode", mode, "--fast", "--stage2-steps", "12", "--stage1-scheduler", "ddim")
+    assert chosen.stage2_steps == 12 and chosen.stage1_scheduler == "ddim" and chosen.stage1_steps is None
+
+
+def test_the_fast_schedulers_exist_in_both_stages_and_in_comfyui():
+    from comfyui_diffbody.nodes.stage1 import Stage1Sampler
+    from comfyui_diffbody.pipelines.stage1 import SCHEDULERS as STAGE1_SCHEDULERS
+    from comfyui_diffbody.pipelines.stage2 import SCHEDULERS as STAGE2_SCHEDULERS
+
+    assert FAST.stage1_scheduler in STAGE1_SCHEDULERS and FAST.stage2_scheduler in STAGE2_SCHEDULERS
+    assert FAST.stage2_scheduler in KSAMPLER_NAMES
+    assert Stage1Sampler.INPUT_TYPES()["required"]["scheduler"][0] == list(STAGE1_SCHEDULERS)
+
+
 def test_the_two_modes_differ_where_the_presets_say():
     """The pin below compares against the presets; this keeps it from passing on a mode mix-up."""
     assert MODE_DEFAULTS["diffbody"].strengths != MODE_DEFAULTS["public"].strengths
@@ -69,12 +95,19 @@ def workflow_settings(graph: dict) -> dict:
                                inputs["seed"])
         elif kind == "DiffBodyDepthNormalEstimator":
             found["estimators"] = (inputs["depth_model"], inputs["normal_source"])
+        elif kind == "DiffBodyLlavaCaption":
+            found["captions"] = found.get("captions", 0) + 1
     return found
 
 
 def expected_settings(name: str) -> dict:
     preset = MODE_DEFAULTS[WORKFLOW_MODES[name]]
-    expected = {"upscale": preset.upscale}
+    if name.endswith(FAST_SUFFIX):
+        preset, name = with_speed(preset, FAST), name[:-len(FAST_SUFFIX)]
+        recaption = FAST.recaption
+    else:
+        recaption = name == "diffbody_full"  # the paper's p' = LLaVA(I_res); there is no I_res in the others
+    expected = {"upscale": preset.upscale, "captions": 2 if recaption else 1}
     if name != "diffbody_public":
         expected["stage1"] = (preset.stage1_scheduler, preset.stage1_steps, preset.stage1_cfg, preset.seed)
     if name != "diffbody_priors":

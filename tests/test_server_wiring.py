@@ -7,7 +7,8 @@ multi-prior extractor's image, the CLIP vision encoder's pixels and penultimate 
 adapter's resampler features, the captioner's vision-tower pixels, the text each CLIP tokenises) and write
 them to a file. The test puts the probe between Load Image and SwinIR cleanup and its end after the final
 VAE Decode, adds previews of I_ir, I_pose and p, and otherwise runs the bundled workflow with the test
-stand-ins for ComfyUI's native loaders, 2 steps, no upscale, stage 1 in native size mode, on a 64x64 photo
+stand-ins for ComfyUI's native loaders, 2 steps, no upscale, stage 1 in native size mode (stage 2 on its canvas's
+512x512 bucket), on a 64x64 photo
 (all values, no link changed). Expected tensors come from the previews (8-bit PNGs), compared with the
 tolerances of tests/wiring_checks.py. The negative test rewires the workflow JSON on purpose and checks that
 every crossed wire, and only those, is named.
@@ -45,7 +46,8 @@ def wiring_prompt(record_path) -> dict:
     prompt["3"]["inputs"].update(image=[PROBE, 0], upscale=1.0)
     assert prompt["14"]["class_type"] == "DiffBodyStage1Sampler"
     prompt["14"]["inputs"]["size_mode"] = "native"
-    assert prompt["41"]["class_type"] == "VAEDecode"
+    assert prompt["41"]["class_type"] == "VAEDecode" and prompt["44"]["class_type"] == "DiffBodyStage2Canvas"
+    assert prompt["34"]["inputs"]["image"] == ["44", 0] and prompt["37"]["inputs"]["image"] == ["44", 4]
     assert [prompt[n]["inputs"].get("images") for n in ("15", "16", "17")] == [["14", 0], ["14", 1], ["14", 2]]
     assert prompt["21"]["inputs"]["source"] == ["20", 0] and prompt["20"]["inputs"]["image"] == ["14", 0]
     prompt.update({
@@ -81,21 +83,27 @@ def run_workflow(server, tmp_path, rewire=None) -> tuple[dict, dict]:
 
 @torch.no_grad()
 def server_wiring_problems(records: dict, saved: dict, llava_processor) -> list[str]:
-    from comfyui_diffbody.pipelines.buckets import plan_resize
+    from comfyui_diffbody.pipelines.buckets import STAGE2_FILLS, plan_resize
     from comfyui_diffbody.pipelines.clip_image import clip_pixels
 
     problems = []
     plan = plan_resize(*saved["I_ir"].shape[-2:], mode="native")
     _check_stage1_control(problems, records, {name: plan.to_canvas(saved[name][None], fill="edge")
                                               for name in IMAGES})
-    # the priors reach the extractors at the latent size x 8, here I_ir's own size: no resize
-    images = {name: saved[name][None] for name in IMAGES}
+    # Stage 2 samples on DiffBody Stage 2 Canvas's bucket: the priors reach the extractors on that canvas, each
+    # padded as its role says, and the colour adapter's CLIP sees the colour source's canvas.
+    canvas = plan_resize(*saved["I_ir"].shape[-2:], mode="bucket")
+
+    def on_canvas(role: str) -> dict:
+        return {name: canvas.to_canvas(saved[name][None], fill=STAGE2_FILLS[role]) for name in IMAGES}
+
     for prior, source in PRIOR_SOURCES.items():
         check_rows(problems, f"stage-2 {prior} extractor", records.get(f"stage-2 {prior} extractor", []), source,
-                   images, IMAGE_ATOL)
+                   on_canvas(prior), IMAGE_ATOL)
     clip_calls = records.get("CLIP vision pixels", [])
     size = clip_calls[0].shape[-1] if clip_calls else 0
-    check_colour_adapter(problems, records, {name: clip_pixels(image, size) for name, image in images.items()})
+    check_colour_adapter(problems, records, {name: clip_pixels(image, size)
+                                             for name, image in on_canvas("colour").items()})
     by_node = dict(zip(records.get("captioner nodes", []), records.get("captioner pixels", [])))
     check_captioner_and_prompts(problems, {**records, "captioner pixels": [by_node[n] for n in CAPTIONERS
                                                                            if n in by_node]}, saved, llava_processor)
@@ -136,8 +144,7 @@ def _rewire_every_wire(prompt: dict) -> None:
     pose prior, depth and normal swapped, I_ir to the colour adapter, p instead of p'."""
     prompt["14"]["inputs"]["image"] = ["4", 0]
     prompt["11"]["inputs"]["text"] = "not the caption"
-    prompt["34"]["inputs"].update(image=["14", 0], pose=["3", 0], depth=["14", 2], normal=["14", 1])
-    prompt["37"]["inputs"]["image"] = ["3", 0]
+    prompt["44"]["inputs"].update(image=["14", 0], pose=["3", 0], depth=["14", 2], normal=["14", 1], colour=["3", 0])
     prompt["31"]["inputs"]["text"] = ["5", 0]
 
 

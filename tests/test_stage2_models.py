@@ -532,7 +532,9 @@ def test_step_counts_near_1000_stay_inside_the_training_schedule(scheduler, step
     settings = Stage2Settings(scheduler=scheduler, steps=steps, cfg=1.0, strengths={}, adapter_weight=0.0)
     latents = Stage2Pipeline(unet, None, None).sample_latents(
         {"image": torch.rand(1, 3, 8, 8)}, None, settings, prompt_embeds=(torch.zeros(1, 77, 8), torch.zeros(1, 4)))
-    assert len(set(unet.timesteps)) == len(unet.timesteps) == steps
+    assert len(unet.timesteps) == steps
+    if scheduler != "dpmpp_2m_karras":  # Karras sigmas, distinct, round to repeated timesteps near 0 (sampling.py)
+        assert len(set(unet.timesteps)) == steps
     assert 0 <= min(unet.timesteps) and max(unet.timesteps) <= 999
     assert torch.isfinite(latents).all()
 

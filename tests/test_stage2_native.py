@@ -31,17 +31,19 @@ import comfy.options
 comfy.options.enable_args_parsing(False)
 import comfy.cli_args
 comfy.cli_args.args.cpu = True
-import comfy.model_detection, comfy.model_management, comfy.model_patcher, comfy.sample, comfy.supported_models
+import comfy.controlnet, comfy.model_detection, comfy.model_management, comfy.model_patcher, comfy.sample
+import comfy.supported_models
 import comfy.utils
 from diffusers import EulerDiscreteScheduler
 from comfy_test_nodes.tiny_stand_ins import TinyCLIPVision  # CLIP_VISION's interface over the tiny encoder
 from comfyui_diffbody.models.colour_adapter import load_colour_adapter
 from comfyui_diffbody.models.multiprior_controlnet import MultiPriorControlNet
-from comfyui_diffbody.models.stage2_weights import load_multiprior
+from comfyui_diffbody.models.stage2_weights import load_multiprior, read_multiprior
 from comfyui_diffbody.models.unet_layout import comfy_attn2_locations
 from comfyui_diffbody.nodes import glue
 from comfyui_diffbody.nodes.stage2 import ApplyColourAdapter, ApplyMultiPriorControlNet, ColourAdapterFile
-from comfyui_diffbody.nodes.stage2_native import ColourAttention, MultiPriorControl
+from comfyui_diffbody.nodes.stage2_native import ColourAttention
+from comfyui_diffbody.nodes.multiprior_native import load_multiprior_control, multiprior_control
 from comfyui_diffbody.pipelines.colour_attention import colour_adapter_installed
 from comfyui_diffbody.pipelines.stage2 import SDXL_TRAINING_SCHEDULE, Stage2Pipeline, active_at
 from comfyui_diffbody.testing.tiny import stage2 as tiny
@@ -71,8 +73,7 @@ def comfy_model():
 
 def control_net():
     """CONTROL_NET as MultiPriorControlNetLoader.load returns it."""
-    network = load_multiprior(controlnet_file, dtype=glue.preferred_dtype("auto"))
-    return MultiPriorControl(glue.wrap_for_memory_management(network))
+    return load_multiprior_control(controlnet_file)
 
 
 g = torch.Generator().manual_seed(7)
@@ -138,11 +139,12 @@ def native_run(control_range, adapter_range):
 
     attached.get_control = recording_get_control
 
-    def record_network(module, args, output):
+    def record_network(module, args, kwargs, output):
         # control_merge multiplies the outputs in place by the strength: keep copies of what came out
-        network_inputs.append({"args": clone_tree(list(args)), "output": clone_tree(output)})
+        network_inputs.append({"args": clone_tree([kwargs[k] for k in ("x", "timesteps", "context", "y", "hint")]),
+                               "output": clone_tree(output)})
 
-    hook = attached.control_model.register_forward_hook(record_network)
+    hook = attached.control_model.register_forward_hook(record_network, with_kwargs=True)
     locations = comfy_attn2_locations(model.model.model_config.unet_config)
     handles = []
     for index, location in enumerate(locations):
@@ -267,7 +269,7 @@ def compare(calls, control_range, adapter_range, tokens):
 
 out = {}
 calls, patch = native_run((0.0, 1.0), (0.0, 1.0))
-comfy_tokens = {"cond": patch.cond_tokens, "uncond": patch.uncond_tokens}
+comfy_tokens = {"cond": patch.run.cond_tokens, "uncond": patch.run.uncond_tokens}
 out["full"] = compare(calls, (0.0, 1.0), (0.0, 1.0), comfy_tokens)
 out["full_pipeline_tokens"] = compare(calls, (0.0, 1.0), (0.0, 1.0), pipeline_tokens)
 out["tokens_cond"] = diff(comfy_tokens["cond"], pipeline_tokens["cond"])
@@ -311,13 +313,125 @@ for name, (strengths, strength) in zero_cases.items():
             same = got is None
         out["zero"][f"{name}{'_stacked' if stacked else ''}"] = {"returns_previous": same, "network_runs": len(runs)}
         c.cleanup()
+# -- one call of the native ControlNet against the diffusers one, at a sigma of the training schedule -------
+sigma_one = sampling.sigmas[500:501].expand(2)
+t_one = sampling.timestep(sigma_one)
+x_in_one = sampling.calculate_input(sigma_one, x)
+with torch.no_grad():
+    down_one, mid_one = d_controlnet(x_in_one, t_one, cond["c_crossattn"], cond["y"], c_g, CONTROL_STRENGTH)
+
+
+def one_call(control):
+    control.set_priors(priors_bhwc, STRENGTHS, CONTROL_STRENGTH, (0.0, 1.0))
+    control.pre_run(base.model, sampling.percent_to_sigma)
+    got = control.get_control(x, sigma_one, cond, 2, {})
+    control.cleanup()
+    return max([diff(got["middle"][0], mid_one)] + [diff(a, b) for a, b in zip(got["output"], down_one, strict=True)])
+
+
+config, state_dict = read_multiprior(controlnet_file)
+swapped = {k: state_dict[k.replace(".image.", ".@").replace(".pose.", ".image.").replace(".@", ".pose.")]
+           if ".extractors." in k else v for k, v in state_dict.items()}
+one = {"effect": max([d.abs().max().item() for d in down_one + [mid_one]]),
+       "native": one_call(control_net()),
+       "swapped_extractors": one_call(multiprior_control(config, swapped))}
+
+# -- a per-GPU clone (core's multi-GPU sampling) has its own network and patcher --------------------------
+original = control_net()
+clone = original.deepclone_multigpu(torch.device("cpu"), autoregister=True)
+before = one_call(original)
+same_values = one_call(clone)
+shared = {p.data_ptr() for p in original.control_model.parameters()} & \
+         {p.data_ptr() for p in clone.control_model.parameters()}
+with torch.no_grad():
+    for p in clone.control_model.middle_block_out.parameters():
+        p.zero_()
+one["clone"] = {"registered": original.multigpu_clones.get(torch.device("cpu")) is clone,
+                "own_patcher": clone.control_model_wrapped is not original.control_model_wrapped
+                and clone.control_model_wrapped.model is clone.control_model,
+                "shared_tensors": len(shared), "before": max(before, same_values),
+                "original_unchanged_after_clone_edit": one_call(original) == before,
+                "clone_after_edit": one_call(clone)}
+one["core_classes"] = {"control": isinstance(original, comfy.controlnet.ControlNet),
+                       "network": type(original.control_model).__module__ == "comfy.cldm.cldm",
+                       "ops": type(original.control_model.input_blocks[0][0]).__module__ == "comfy.ops"}
+out["one_call"] = one
+
+# -- the colour adapter's attn2 patch composes with other packs' patches ------------------------------------
+import comfy.ldm.modules.attention as comfy_attention
+
+
+class Offset:
+    """Another pack's attn2 replace patch: the attention plus a constant."""
+    calls = 0
+
+    def __call__(self, q, k, v, extra_options):
+        Offset.calls += 1
+        return comfy_attention.optimized_attention(q, k, v, extra_options["n_heads"]) + 0.5
+
+
+locations = comfy_attn2_locations(base.model.model_config.unet_config)
+other = base.clone()
+for location in locations:
+    other.set_model_attn2_replace(Offset(), *location)
+
+
+def layer_patch(model, index=1):
+    return model.model_options["transformer_options"]["patches_replace"]["attn2"][locations[index]]
+
+
+attn2 = comfy_attn2(base.model.diffusion_model, locations[1])
+q_in = torch.randn(2, 16, attn2.to_q.out_features, generator=g)
+k_in, v_in = (torch.randn(2, 77, attn2.to_q.out_features, generator=g) for _ in range(2))
+calls_seen = []
+
+
+def options(**more):
+    return {"n_heads": attn2.heads, "sigmas": torch.tensor([3.0, 3.0]), "cond_or_uncond": [0, 1],
+            "attn_precision": None, **more}
+
+
+def adapted(model):
+    return adapter_node.apply(model, ColourAdapterFile(adapter_file), TinyCLIPVision(clip_vision), restored_bhwc,
+                              ADAPTER_WEIGHT, 0.0, 1.0)[0]
+
+
+def ip_term(out, q, k, v, extra_options, **kwargs):  # ComfyUI_IPAdapter_plus's callback signature
+    calls_seen.append(kwargs["tag"])
+    return torch.full_like(out, 0.25)
+
+
+def override(func, *args, **kwargs):  # an attention override (SageAttention-style packs)
+    calls_seen.append("override")
+    return func(*args, **kwargs)
+
+
+with torch.no_grad():
+    alone = layer_patch(adapted(base))(q_in, k_in, v_in, options())
+    on_other = layer_patch(adapted(other))(q_in, k_in, v_in, options())
+    later = layer_patch(adapted(base))
+    later.add(ip_term, sigma_start=100.0, sigma_end=0.0, tag="in window")
+    later.add(ip_term, sigma_start=0.1, sigma_end=0.0, tag="outside")
+    with_added = later(q_in, k_in, v_in, options())
+    added_calls = list(calls_seen)
+    calls_seen.clear()
+    overridden = layer_patch(adapted(base))(q_in, k_in, v_in, options(optimized_attention_override=override))
+twice = adapted(adapted(base))
+out["compose"] = {"previous_kept": diff(on_other - alone, torch.full_like(alone, 0.5)), "previous_calls": Offset.calls,
+                  "adapter_effect": diff(alone, comfy_attention.optimized_attention(q_in, k_in, v_in, attn2.heads)),
+                  "added": diff(with_added - alone, torch.full_like(alone, 0.25)), "added_calls": added_calls,
+                  "override_calls": calls_seen.count("override"), "override_unchanged": diff(overridden, alone),
+                  "override_supported": hasattr(comfy_attention, "wrap_attn"),
+                  "twice_wraps": layer_patch(twice).previous is not None and
+                  len(twice.get_additional_models_with_key("diffbody_colour_adapter")) == 2}
+
 # A clone of the adapted MODEL (what every later node that patches it makes) shares the adapter and its tokens:
 # ComfyUI 0.3.75's ModelPatcher.clone() deep-copies model_options, patches included.
 adapted, = adapter_node.apply(base, ColourAdapterFile(adapter_file), TinyCLIPVision(clip_vision), restored_bhwc,
                               ADAPTER_WEIGHT, 0.0, 1.0)
 originals = list(adapted.model_options["transformer_options"]["patches_replace"]["attn2"].values())
 copies = list(adapted.clone().model_options["transformer_options"]["patches_replace"]["attn2"].values())
-out["clone_shares_adapter"] = all(c.adapter is o.adapter and c.cond_tokens is o.cond_tokens and c is not o
+out["clone_shares_adapter"] = all(c.run is o.run and c is not o
                                   for c, o in zip(copies, originals)) and len(copies) == len(originals) > 0
 print("RESULT " + json.dumps(out))
 '''
@@ -393,3 +507,32 @@ def test_a_clone_of_the_adapted_model_shares_the_adapter(native):
     """Each later clone of the MODEL (a LoRA, a sampling patch) must not copy the whole IP-Adapter: 0.85 GB at
     real size that ComfyUI neither counts nor moves."""
     assert native["clone_shares_adapter"]
+
+
+def test_native_controlnet_gives_the_diffusers_residuals(native):
+    """Core's ControlNet network with our c_g equals the diffusers network the command line runs (zero
+    convolutions randomised, so the residuals are not zero); crossing two prior extractors is caught."""
+    r = native["one_call"]
+    assert r["core_classes"] == {"control": True, "network": True, "ops": True}
+    assert r["native"] < TOLERANCE < EFFECT < r["effect"]
+    assert r["swapped_extractors"] > EFFECT
+
+
+def test_a_per_gpu_clone_is_independent(native):
+    r = dict(native["one_call"]["clone"])
+    assert r.pop("before") < TOLERANCE < EFFECT < r.pop("clone_after_edit")
+    assert r == {"registered": True, "own_patcher": True, "shared_tensors": 0,
+                 "original_unchanged_after_clone_edit": True}
+
+
+def test_the_colour_adapter_composes_with_other_attn2_patches(native):
+    """A patch already at a layer stays (its output is the base), a later IPAdapter_plus-style `add` adds its
+    term inside its sigma window only, attention overrides in the transformer options reach both attentions,
+    and a second colour adapter wraps the first and registers its own weights."""
+    r = native["compose"]
+    assert r["previous_kept"] < TOLERANCE and r["previous_calls"] == 1
+    assert r["adapter_effect"] > EFFECT
+    assert r["added"] < TOLERANCE and r["added_calls"] == ["in window"]
+    assert r["override_unchanged"] < TOLERANCE
+    assert r["override_calls"] == (2 if r["override_supported"] else 0)
+    assert r["twice_wraps"]

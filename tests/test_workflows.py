@@ -22,6 +22,7 @@ import pytest
 from PIL import Image
 
 from comfy_harness import REPO_ROOT, execution_error
+from conftest import person_photo
 from workflow_format import (FRONTEND_ONLY_TYPES, WorkflowFormatError, api_differences, nodes_in_group, ui_to_api,
                              ui_structure_problems)
 from workflow_tools import API_DIR, TEST_SUBSTITUTES, WORKFLOWS_DIR, load_workflow, with_test_stand_ins
@@ -113,7 +114,7 @@ def _relink_depth_to_normal(ui, api):
     apply = _node(ui["nodes"], "DiffBodyApplyMultiPriorControlNet")
     depth = next(e for e in apply["inputs"] if e["name"] == "depth")
     link = next(link for link in ui["links"] if link[0] == depth["link"])
-    link[2] = 2  # stage 1's normal output instead of its depth output
+    link[2] = 3  # the stage-2 canvas's normal output instead of its depth output (2)
 
 
 def _rewire_api_link(ui, api):
@@ -198,15 +199,109 @@ def test_bundled_workflow_runs_end_to_end_on_tiny_weights(each_comfy_server, api
         if "text" in shown:
             assert all(text.strip() for text in shown["text"]), node_id
             continue
-        files = server.output_files({"outputs": {node_id: shown}})
-        if "diffbody_compare" in shown:
-            files += server.output_files({"outputs": {node_id: {"images": [
-                image for pair in shown["diffbody_compare"] for image in pair.values()]}}})
+        files = shown_files(server, shown)
         assert files, node_id
         for path in files:
             assert path.is_file(), path
             with Image.open(path) as image:
                 assert image.size == (side, side), (api_name, node_id, path.name, image.size)
+
+
+def shown_files(server, shown: dict) -> list:
+    """The image files one output node wrote (a before/after node's both sides too)."""
+    files = server.output_files({"outputs": {"node": shown}})
+    if "diffbody_compare" in shown:
+        files += server.output_files({"outputs": {"node": {"images": [
+            image for pair in shown["diffbody_compare"] for image in pair.values()]}}})
+    return files
+
+
+# -- stage 2's bounded size ------------------------------------------------------------------------------
+
+LARGE_PHOTO = (2000, 3000)  # (H, W): a scan far above SDXL's sizes
+SAMPLED_PREFIX = "stage2_sampled"
+
+
+def with_sampled_size_saved(prompt: dict) -> dict:
+    """The prompt plus a SaveImage on every VAE Decode: what stage 2 sampled, at the size it sampled at."""
+    probed = copy.deepcopy(prompt)
+    for node_id, node in prompt.items():
+        if node["class_type"] == "VAEDecode":
+            probed[f"{node_id}_sampled"] = {"class_type": "SaveImage", "inputs": {
+                "images": [node_id, 0], "filename_prefix": SAMPLED_PREFIX}}
+    return probed
+
+
+def without_canvas(prompt: dict) -> dict:
+    """The prompt with DiffBody Stage 2 Canvas and Back To Size bypassed: each consumer of a canvas output
+    takes that output's input instead (stage 2 then samples at I_ir's size), as the workflows were before."""
+    bypassed = copy.deepcopy(prompt)
+    passes = {}
+    for node_id, node in prompt.items():
+        if node["class_type"] == "DiffBodyStage2Canvas":
+            for slot, name in enumerate(("image", "pose", "depth", "normal", "colour")):
+                passes[node_id, slot] = node["inputs"][name]
+        elif node["class_type"] == "DiffBodyStage2BackToSize":
+            passes[node_id, 0] = node["inputs"]["image"]
+    for node_id, _ in passes:
+        bypassed.pop(node_id, None)
+    for node in bypassed.values():
+        for name, value in node["inputs"].items():
+            if isinstance(value, list) and (value[0], value[1]) in passes:
+                node["inputs"][name] = passes[value[0], value[1]]
+    return bypassed
+
+
+def image_sizes(server, prompt: dict) -> tuple[set, set]:
+    """Runs the prompt: ((W, H) of what stage 2 sampled, (W, H) of every image the workflow itself shows)."""
+    entry = server.run(prompt, timeout=1800)
+    assert entry["status"]["status_str"] == "success", (execution_error(entry) or {}).get("exception_message")
+    sampled, shown = set(), set()
+    for node_id, output in entry["outputs"].items():
+        for path in shown_files(server, output):
+            with Image.open(path) as image:
+                (sampled if path.name.startswith(SAMPLED_PREFIX) else shown).add(image.size)
+    return sampled, shown
+
+
+def bucket_size(height: int, width: int) -> tuple[int, int]:
+    """(W, H) of the command line's stage-2 canvas for an I_ir of height x width."""
+    from comfyui_diffbody.pipelines.buckets import plan_resize
+
+    canvas = plan_resize(height, width, mode="bucket").canvas_size
+    return canvas[1], canvas[0]
+
+
+@pytest.mark.parametrize("api_name", [api for _, api in PAIRS])
+def test_a_large_scan_samples_stage_2_at_the_bounded_size_and_keeps_its_own(comfy_server, api_name):
+    """A 3000x2000 photo through every bundled workflow: stage 2 (where there is one) samples on the command
+    line's bucket, 768x512, not at 6 megapixels, and every image the workflow shows or saves is 3000x2000.
+    Not the API-only stage-0 file (diffbody_priors runs the same stage 0; its SwinIR x2 to 6000x4000 alone
+    took 9 minutes on the 2-core machine)."""
+    height, width = LARGE_PHOTO
+    photo = Image.fromarray(person_photo()).resize((width, height))
+    photo.save(comfy_server.base_dir / "input" / "large_scan.png")
+    prompt = with_sampled_size_saved(runnable(load_workflow(api_name)))
+    for node in prompt.values():
+        if node["class_type"] == "LoadImage":
+            node["inputs"]["image"] = "large_scan.png"
+    has_stage2 = any(node["class_type"] == "KSampler" for node in prompt.values())
+    sampled, shown = image_sizes(comfy_server, prompt)
+    assert sampled == ({bucket_size(height, width)} if has_stage2 else set())
+    assert bucket_size(height, width) == (768, 512)
+    assert shown == {(width, height)}
+
+
+def test_the_size_check_fails_without_the_canvas_node(comfy_server):
+    """The negative case of the test above (on the small test photo, to keep it short): with the canvas nodes
+    bypassed, stage 2 samples at I_ir's 256x256 instead of the 512x512 bucket."""
+    prompt = with_sampled_size_saved(runnable(load_workflow("diffbody_public_api.json")))
+    bypassed = without_canvas(prompt)
+    assert not {node["class_type"] for node in bypassed.values()} & {"DiffBodyStage2Canvas",
+                                                                     "DiffBodyStage2BackToSize"}
+    sampled, shown = image_sizes(comfy_server, bypassed)
+    assert sampled != {bucket_size(INPUT_SIZE, INPUT_SIZE)} and sampled == {(INPUT_SIZE, INPUT_SIZE)}
+    assert shown == {(INPUT_SIZE, INPUT_SIZE)}
 
 
 def comfyui_version(server) -> str:

@@ -39,9 +39,13 @@ def clip_vit_h_spec() -> dict[str, torch.Tensor]:
     return spec_of(model)
 
 
-def ip_adapter_plus_xl_spec() -> dict[str, torch.Tensor]:
+def meta_ip_adapter_plus_xl():
+    """IP-Adapter Plus XL as the pack's ColourAdapter, on the meta device (networks.module_from_spec fills it)."""
     from ...models.colour_adapter import ColourAdapter, ColourAdapterConfig
 
     with torch.device("meta"):
-        model = ColourAdapter(ColourAdapterConfig.plus_xl())
-    return spec_of(model)
+        return ColourAdapter(ColourAdapterConfig.plus_xl())
+
+
+def ip_adapter_plus_xl_spec() -> dict[str, torch.Tensor]:
+    return spec_of(meta_ip_adapter_plus_xl())
