@@ -140,10 +140,13 @@ def _record(case: Case, entry: dict, server: ComfyServer) -> None:
 
 # -- prompts ------------------------------------------------------------------------------------------------
 
-def base_prompt(workflow: str, image: str = "person.png") -> dict:
+def base_prompt(workflow: str, image: str = "person.png", *, native_size: bool = False) -> dict:
     """A bundled workflow as the battery runs it: test stand-ins, every `steps` at 1, Load Image on `image`,
     LLaVA's keep_loaded off everywhere (so the three workflows' shared nodes have the same inputs and the
-    server's cache carries stage 0 and stage 1 from one workflow's run to the next)."""
+    server's cache carries stage 0 and stage 1 from one workflow's run to the next).
+
+    native_size: stages 1 and 2 at the small test photo's own size rather than on the 512-px bucket canvas
+    (the widget cases run the same graph a hundred times; the image cases keep the shipped buckets)."""
     prompt = with_test_stand_ins(load_workflow(workflow))
     for node in prompt.values():
         if node["class_type"] == "LoadImage":
@@ -152,6 +155,8 @@ def base_prompt(workflow: str, image: str = "person.png") -> dict:
             node["inputs"]["keep_loaded"] = False
         if isinstance(node["inputs"].get("steps"), int):
             node["inputs"]["steps"] = 1
+        if native_size and node["inputs"].get("size_mode") == "bucket":
+            node["inputs"]["size_mode"] = "native"
     return prompt
 
 
