@@ -101,9 +101,10 @@ def _holder(referrer) -> str:
     return name
 
 
-def _live_tensors() -> tuple[int, list[str]]:
-    """Bytes of every distinct storage behind a gc-reachable tensor, and 'dtype shape <- holder types' of each
-    (for a failing leak check's message)."""
+def _live_tensors(holders: bool = False) -> tuple[int, list[str]]:
+    """Bytes of every distinct storage behind a gc-reachable tensor, and 'dtype shape' of each, with
+    '<- holder types' when `holders` (for a failing leak check's message: gc.get_referrers walks every object
+    once per tensor, minutes on a server that has run a battery)."""
     import torch
 
     seen, total, described = set(), 0, []
@@ -118,8 +119,8 @@ def _live_tensors() -> tuple[int, list[str]]:
         if key not in seen and storage.data_ptr():
             seen.add(key)
             total += storage.nbytes()
-            holders = sorted({_holder(r) for r in gc.get_referrers(obj)} - {"list", "frame"})
-            described.append(f"{obj.dtype} {tuple(obj.shape)} <- {','.join(holders[:4])}")
+            held_by = sorted({_holder(r) for r in gc.get_referrers(obj)} - {"list", "frame"}) if holders else []
+            described.append(f"{obj.dtype} {tuple(obj.shape)}" + (f" <- {','.join(held_by[:4])}" if holders else ""))
     return total, sorted(described)
 
 
@@ -131,20 +132,20 @@ class TestOnlyMemoryProbe:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {}}
+        return {"optional": {"holders": ("BOOLEAN", {"default": False})}}
 
     @classmethod
     def IS_CHANGED(cls, **kwargs):
         return float("nan")
 
-    def run(self):
+    def run(self, holders=False):
         import comfy.model_management as mm
 
         _clear_bounded_library_caches()
         gc.collect()
         models = sorted(f"{type(m.model.model).__name__ if hasattr(m.model, 'model') else type(m.model).__name__}"
                         f":{m.model_memory()}" for m in mm.current_loaded_models)
-        total, described = _live_tensors()
+        total, described = _live_tensors(holders)
         return {"ui": {"text": [" | ".join(models)], "tensor_bytes": [total], "tensors": described}}
 
 
