@@ -30,7 +30,7 @@ MODEL_TYPES = ("depth_anything", "dpt")
 DEPTH_MODEL_NAMES = ("Depth-Anything-V2-Large-hf", "Depth-Anything-V2-Base-hf", "Depth-Anything-V2-Small-hf",
                      "dpt-hybrid-midas")
 DEFAULT_DEPTH_MODEL = "Depth-Anything-V2-Large-hf"
-MAX_ASPECT = 4.0  # thinner strips are padded to 1:4 before estimation
+MAX_ASPECT = 4.0  # thinner strips are padded to 1:4 before depth and Marigold normal estimation
 
 
 class DepthEstimator:
@@ -73,7 +73,7 @@ class DepthEstimator:
         """(B,3,H,W) float RGB in 0..1 -> (B,1,H,W) float32 relative inverse depth on the input's device,
         each image normalised to 0..1 (nearest point 1, farthest 0; a flat prediction gives all 0)."""
         height, width = images.shape[-2:]
-        padded, (top, left) = _pad_to_aspect(images.detach().float().cpu(), MAX_ASPECT)
+        padded, (top, left) = pad_to_aspect(images.detach().float().cpu(), MAX_ASPECT)
         # The processor resizes and normalises on the CPU; our images are already 0..1 floats.
         inputs = self.processor(images=list(padded), return_tensors="pt", do_rescale=False,
                                 input_data_format="channels_first")
@@ -83,7 +83,7 @@ class DepthEstimator:
         return normalise_per_image(depth[..., top:top + height, left:left + width]).to(images.device)
 
 
-def _pad_to_aspect(images: torch.Tensor, max_aspect: float) -> tuple[torch.Tensor, tuple[int, int]]:
+def pad_to_aspect(images: torch.Tensor, max_aspect: float) -> tuple[torch.Tensor, tuple[int, int]]:
     """Strips thinner than 1:max_aspect, padded (edge pixels repeated, centred) to that aspect, and the
     (top, left) offset of the original. The networks saw ordinary photo shapes, and their processors
     shrink a very thin strip's short side below one patch (a size-0 image)."""

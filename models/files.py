@@ -13,7 +13,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import MissingDependency, MissingModelFile, MissingModelFiles
+from .errors import MissingDependency, MissingModelFile, MissingModelFiles, WrongModelFile
 
 PT_EXTENSIONS = frozenset({".ckpt", ".pt", ".pt2", ".bin", ".pth", ".safetensors", ".pkl", ".sft"})
 
@@ -73,6 +73,8 @@ class ModelFile:
     revision: str = ""
     # Files of a folder the pack never reads (pickled duplicates of the safetensors): not downloaded.
     skip_patterns: tuple[str, ...] = field(default=())
+    # SHA-256 of the published file (a single file; see download() for files and folders without one).
+    sha256: str = ""
 
     @property
     def downloadable(self) -> bool:
@@ -125,7 +127,8 @@ KNOWN_FILES: dict[str, ModelFile] = {
         ModelFile("stable-diffusion-xl-base-1.0", "diffusers", "stabilityai/stable-diffusion-xl-base-1.0", is_dir=True,
                   description="SDXL 1.0 base in diffusers layout (stage 2 outside ComfyUI)"),
         ModelFile("sd_xl_base_1.0.safetensors", "checkpoints", "stabilityai/stable-diffusion-xl-base-1.0",
-                  description="SDXL 1.0 base single file (stage 2)"),
+                  description="SDXL 1.0 base single file (stage 2)",
+                  sha256="31e35c80fc4829d14f90153f4c74cd59c90b779f6afe05a74cd6120b893f7e5b"),
         ModelFile("controlnet-union-sdxl-1.0.safetensors", "controlnet", "xinsir/controlnet-union-sdxl-1.0",
                   "diffusion_pytorch_model_promax.safetensors",
                   description="ControlNet-Union SDXL (public-weights mode stage 2)"),
@@ -284,7 +287,8 @@ def download(filename: str, dest_dir: str) -> str:
     Only ever called when the user asked for it (the nodes' `auto_download` switch, the command
     line's `--download`). The file goes through the user's Hugging Face cache, so a copy that is
     already there is reused without a download (and HF_HUB_OFFLINE is honoured); it is then
-    hard-linked (copied across file systems) into the ComfyUI models folder.
+    hard-linked (copied across file systems) into the ComfyUI models folder - only after its content was
+    checked (verify_download): a tampered or damaged copy in the cache never reaches the models folder.
     """
     known = KNOWN_FILES.get(filename)
     if known is None or not known.downloadable:
@@ -298,11 +302,46 @@ def download(filename: str, dest_dir: str) -> str:
     if known.is_dir:
         snapshot = huggingface_hub.snapshot_download(known.repo_id, revision=known.revision or None,
                                                       ignore_patterns=list(known.skip_patterns) or None)
+        for cached in sorted(Path(snapshot).rglob("*")):
+            if cached.is_file():
+                verify_download(str(cached), known, "")
         shutil.copytree(snapshot, target, copy_function=_link_or_copy, dirs_exist_ok=True)
     else:  # saved under our file name, whatever its name in the repository
         cached = huggingface_hub.hf_hub_download(known.repo_id, known.repo_path or known.filename)
+        verify_download(cached, known, known.sha256)
         _link_or_copy(cached, target)
     return target
+
+
+def verify_download(cached: str, known: ModelFile, catalogue_sha256: str) -> None:
+    """Raise WrongModelFile unless the cached file's content is what was published.
+
+    Against the catalogue's SHA-256 where it has one. Otherwise against the hash the Hugging Face cache files the
+    content under: a blob's name is the file's SHA-256 (files in Git LFS: every weight file) or its git blob
+    SHA-1 (small text files such as config.json). A file with neither is refused too: nothing unchecked moves
+    into the models folder."""
+    import hashlib
+
+    blob = os.path.basename(os.path.realpath(cached))
+    if catalogue_sha256:
+        kind, expected, source = "sha256", catalogue_sha256, "the pack's catalogue"
+    elif len(blob) == 64:
+        kind, expected, source = "sha256", blob, "the Hugging Face cache's record"
+    elif len(blob) == 40:
+        kind, expected, source = "git-sha1", blob, "the Hugging Face cache's record"
+    else:
+        raise WrongModelFile(f"DiffBody: the downloaded '{cached}' ({known.filename}) has no hash to check it "
+                             "against; it was not put into the models folder. Download it by hand from "
+                             f"{known.url or known.repo_id}.")
+    digest = hashlib.sha256() if kind == "sha256" else hashlib.sha1(b"blob %d\0" % os.path.getsize(cached))
+    with open(cached, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            digest.update(chunk)
+    if digest.hexdigest() != expected.lower():
+        raise WrongModelFile(
+            f"DiffBody: the downloaded '{os.path.basename(cached)}' for {known.filename} does not match the "
+            f"{kind.upper()} in {source} (expected {expected}, got {digest.hexdigest()}); it was not put into the "
+            f"models folder. Delete '{os.path.realpath(cached)}' from the Hugging Face cache and download it again.")
 
 
 def _link_or_copy(src: str, dst: str) -> None:

@@ -18,6 +18,7 @@ from typing import Callable
 
 import torch
 
+from .depth_estimator import MAX_ASPECT, pad_to_aspect
 from .errors import MissingModelFile, WrongModelFile
 from .files import missing_message
 from .loading import read_json_object
@@ -73,10 +74,14 @@ class MarigoldNormals:
         for index, image in enumerate(images):
             generator = torch.Generator("cpu").manual_seed(seed + index)  # same noise on every device
             picture = image.unsqueeze(0).float().clamp(0, 1)
-            out = self.pipeline(self._to_working_size(picture), processing_resolution=0,
+            height, width = picture.shape[-2:]
+            # Marigold refuses strips thinner than 1:8 ("Extreme aspect ratio"): padded as for depth, cropped back.
+            padded, (top, left) = pad_to_aspect(picture, MAX_ASPECT)
+            out = self.pipeline(self._to_working_size(padded), processing_resolution=0,
                                 num_inference_steps=steps or self.default_steps, ensemble_size=1,
                                 match_input_resolution=False, generator=generator, output_type="pt")
-            results.append(self._to_size(out.prediction.float(), picture.shape[-2:]).to(images.device))
+            normals = self._to_size(out.prediction.float(), padded.shape[-2:])
+            results.append(normals[..., top:top + height, left:left + width].to(images.device))
             if progress is not None:
                 progress(index + 1, len(images))
         return torch.cat(results)

@@ -44,9 +44,10 @@ class Stage2Canvas:
     def to_canvas(self, image, pose, depth, normal, colour, size_mode):
         from ..pipelines.buckets import STAGE2_FILLS, plan_resize
 
-        images = {"image": image, "pose": pose, "depth": depth, "normal": normal, "colour": colour}
-        plan = plan_resize(*image.shape[1:3], mode=size_mode)
-        placed = tuple(glue.bchw_to_comfy(plan.to_canvas(glue.comfy_to_bchw(images[name]), fill=STAGE2_FILLS[name]))
+        images = {name: glue.comfy_to_bchw(value) for name, value in  # grey, RGBA, unbatched: as every node takes
+                  {"image": image, "pose": pose, "depth": depth, "normal": normal, "colour": colour}.items()}
+        plan = plan_resize(*images["image"].shape[-2:], mode=size_mode)
+        placed = tuple(glue.bchw_to_comfy(plan.to_canvas(images[name], fill=STAGE2_FILLS[name]))
                        for name, _ in CANVAS_INPUTS)
         return (*placed, plan)
 

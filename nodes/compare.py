@@ -39,6 +39,8 @@ class BeforeAfter:
         }}
 
     def compare(self, before, after):
+        # grey, grey+alpha, RGBA or unbatched images: RGB batches, as every node takes them
+        before, after = (glue.bchw_to_comfy(glue.comfy_to_bchw(image)) for image in (before, after))
         if before.shape[0] != after.shape[0] and before.shape[0] != 1:
             raise ValueError(f"DiffBody Before/After: {before.shape[0]} 'before' images for {after.shape[0]} "
                              "'after' images; connect batches of the same size (or one 'before' image).")

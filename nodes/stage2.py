@@ -17,6 +17,8 @@ PRIOR_INPUTS = (("image", "I_ir, the cleaned image from 'DiffBody SwinIR Cleanup
                 ("depth", "I_depth, from 'DiffBody Stage 1 Sampler' (or a depth estimator)."),
                 ("normal", "I_normal, from 'DiffBody Stage 1 Sampler' (or a normal estimator)."))
 PAPER_STRENGTHS = {"image": 1.0, "pose": 1.0, "depth": 1.0, "normal": 1.0}
+TOO_SMALL_ADVICE = ("Use a larger photo, or raise 'upscale' in DiffBody SwinIR Cleanup so I_ir reaches 64 px on its "
+                    "shorter side.")
 
 
 class MultiPriorControlNetLoader:
@@ -85,7 +87,11 @@ class ApplyMultiPriorControlNet:
 
     def apply(self, positive, negative, control_net, image, pose, depth, normal, image_strength, pose_strength,
               depth_strength, normal_strength, strength, start_percent, end_percent, vae=None):
+        from ..pipelines.stage2_errors import check_stage2_size
+
         priors = {"image": image, "pose": pose, "depth": depth, "normal": normal}
+        # The first stage-2 node to see I_ir: say here, not in the KSampler's ZeroDivisionError, that it is too small.
+        check_stage2_size(priors, self.DISPLAY_NAME, TOO_SMALL_ADVICE)
         strengths = {"image": image_strength, "pose": pose_strength, "depth": depth_strength,
                      "normal": normal_strength}
         if strength == 0 or not any(strengths.values()):
@@ -225,7 +231,7 @@ class ApplyColourAdapter:
         if weight == 0:
             return (model,)
         colour_adapter, adapter_patcher = colour_adapter.for_unet(model.model.model_config.unet_config)
-        image = image[..., :3]
+        image = glue.bchw_to_comfy(glue.comfy_to_bchw(image))  # grey, grey+alpha, RGBA: RGB, as every node takes
         with torch.no_grad():
             cond = colour_adapter.project(clip_vision.encode_image(image).penultimate_hidden_states)
             uncond = colour_adapter.project(glue.clip_vision_zero_input_features(clip_vision))

@@ -74,6 +74,8 @@ def free_port() -> int:
 
 
 TEST_NODES = Path(__file__).resolve().parent / "comfy_test_nodes"
+# Its sitecustomize.py refuses and records every non-loopback connection in the server process.
+NETWORK_GUARD = Path(__file__).resolve().parent / "network_guard"
 
 
 def make_base_dir(base: Path, pack_folder_name: str, models_dir: Path | None = None) -> Path:
@@ -111,6 +113,7 @@ class ComfyServer:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = base_dir / "comfyui.log"
+        self.network_log = base_dir / "network_guard.log"
         self.startup_timeout = startup_timeout
         self.process: subprocess.Popen | None = None
         self.client_id = uuid.uuid4().hex
@@ -122,9 +125,8 @@ class ComfyServer:
                "--port", str(self.port), "--base-directory", str(self.base_dir), "--database-url",
                "sqlite:///:memory:", "--disable-auto-launch", *self.extra_args]
         env = dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
-                   DO_NOT_TRACK="1")
-        if self.python_path:
-            env["PYTHONPATH"] = os.pathsep.join(filter(None, [self.python_path, env.get("PYTHONPATH")]))
+                   DO_NOT_TRACK="1", DIFFBODY_NETWORK_GUARD_LOG=str(self.network_log))
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(NETWORK_GUARD), self.python_path, env.get("PYTHONPATH")]))
         self._log = open(self.log_path, "w")
         self.process = subprocess.Popen(cmd, cwd=comfy, stdout=self._log, stderr=subprocess.STDOUT, env=env,
                                         start_new_session=True)
@@ -162,6 +164,13 @@ class ComfyServer:
         with open(f"/proc/{self.process.pid}/status", encoding="utf-8") as f:
             kib = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
         return kib / 2 ** 20
+
+    def refused_connections(self, clear: bool = False) -> list[str]:
+        """What the network guard refused in the server process so far (one line each); `clear` empties it."""
+        lines = self.network_log.read_text().splitlines() if self.network_log.exists() else []
+        if clear:
+            self.network_log.write_text("")
+        return lines
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -204,7 +213,7 @@ class ComfyServer:
     def run_timed(self, prompt: dict, timeout: float = 300.0) -> tuple[dict, dict[str, float]]:
         """Run a prompt; (history entry, {node id: seconds}) from the server's websocket 'executing' messages
         (a node runs from its message to the next one; cached nodes send none)."""
-        with _ExecutingListener(self) as listener:
+        with ExecutingListener(self) as listener:
             entry = self.run(prompt, timeout)
         return entry, listener.durations(entry["prompt"][1])
 
@@ -231,15 +240,18 @@ class ComfyServer:
         return files
 
 
-class _ExecutingListener:
-    """Collects (monotonic time, node id) from the websocket of our client id, in a background thread."""
+class ExecutingListener:
+    """Collects (monotonic time, node id) of 'executing' messages and (prompt id, node id) of 'progress' messages
+    from the websocket of our client id, in a background thread."""
 
-    def __init__(self, server: ComfyServer):
+    def __init__(self, server: ComfyServer, on_progress=None):
         self.url = f"ws://127.0.0.1:{server.port}/ws?clientId={server.client_id}"
         self.events: list[tuple[float, str | None, str]] = []
+        self.progress: list[tuple[str | None, str | None]] = []  # (prompt id, node id) of each 'progress' message
+        self.on_progress = on_progress  # called in the listener thread with each 'progress' message's data
         self._connected, self._stop = threading.Event(), threading.Event()
 
-    def __enter__(self) -> "_ExecutingListener":
+    def __enter__(self) -> "ExecutingListener":
         self._thread = threading.Thread(target=lambda: asyncio.run(self._listen()), daemon=True)
         self._thread.start()
         if not self._connected.wait(30):
@@ -267,6 +279,11 @@ class _ExecutingListener:
                 if body.get("type") == "executing":
                     data = body["data"]
                     self.events.append((time.monotonic(), data.get("node"), data.get("prompt_id")))
+                elif body.get("type") == "progress":
+                    data = body["data"]
+                    self.progress.append((data.get("prompt_id"), data.get("node")))
+                    if self.on_progress is not None:
+                        self.on_progress(data)
 
     def durations(self, prompt_id: str) -> dict[str, float]:
         events = [(t, node) for t, node, pid in self.events if pid == prompt_id]

@@ -13,14 +13,34 @@ import pytest
 from PIL import Image
 
 from comfy_harness import ComfyServer, make_base_dir, oldest_comfyui
+from network_guard import sitecustomize as network_guard
 
-SERVER_FIXTURES = {"comfy_server", "oldest_comfy_server", "each_comfy_server"}
+SERVER_FIXTURES = {"comfy_server", "oldest_comfy_server", "each_comfy_server", "battery"}
 
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.server)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_network():
+    """The network guard (tests/network_guard) in the test process; servers get it from tests/comfy_harness.py."""
+    network_guard.install()
+    yield network_guard
+
+
+@pytest.fixture(autouse=True)
+def no_outbound_connection(no_network):
+    """Fails a test that tried to reach anything but loopback, even where the code under test swallowed the
+    refusal. A test that plants an attempt on purpose removes it from `no_network.attempts` itself."""
+    before = len(no_network.attempts)
+    yield
+    made = no_network.attempts[before:]
+    del no_network.attempts[before:]
+    if made:
+        pytest.fail("outbound network connections in a test:\n" + "\n".join(made), pytrace=False)
 
 
 @pytest.fixture
@@ -94,6 +114,8 @@ def stop_server(server: ComfyServer) -> None:
     server.stop()
     if os.environ.get("DIFFBODY_KEEP_SERVER_LOG"):
         print(server.log())
+    refused = server.refused_connections()
+    assert not refused, "the ComfyUI server tried to reach the network:\n" + "\n".join(refused)
 
 
 @pytest.fixture(scope="session")

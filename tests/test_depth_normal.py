@@ -72,7 +72,7 @@ def test_bf16_estimators_run_on_the_cpu_and_agree_with_float32(tiny_dirs):
 
 def test_odd_sizes_keep_their_size(tiny_dirs):
     estimator = load_depth_normal_estimator(tiny_dirs["depth"], tiny_dirs["normals"])
-    for height, width in ((9, 17), (1, 30), (63, 5)):
+    for height, width in ((9, 17), (1, 30), (63, 5), (8, 2048), (2048, 8)):  # Marigold refused 1:256 strips
         depth, normal = estimator.estimate(_images(batch=1, height=height, width=width))
         assert depth.shape == normal.shape == (1, 3, height, width)
 

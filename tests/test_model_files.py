@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import os
+from pathlib import Path
 
 import pytest
 
@@ -31,15 +34,29 @@ def test_every_known_file_has_a_registered_folder():
         assert known.url.startswith("https://huggingface.co/") or not known.downloadable
 
 
-def _fill_hf_cache(cache, repo_id: str, filename: str, payload: bytes) -> None:
-    """A Hugging Face hub cache as huggingface_hub lays it out, so a download resolves offline."""
+def _fill_hf_cache(cache, repo_id: str, filename: str, payload: bytes, blob_name: str | None = None) -> Path:
+    """A Hugging Face hub cache as huggingface_hub lays it out (the snapshot's file a link to blobs/<its SHA-256>,
+    as for files in Git LFS), so a download resolves offline. Returns the blob."""
     repo_dir = cache / ("models--" + repo_id.replace("/", "--"))
     revision = "0" * 40
-    (repo_dir / "refs").mkdir(parents=True)
+    (repo_dir / "refs").mkdir(parents=True, exist_ok=True)
     (repo_dir / "refs" / "main").write_text(revision)
     snapshot = repo_dir / "snapshots" / revision
-    snapshot.mkdir(parents=True)
-    (snapshot / filename).write_bytes(payload)
+    (snapshot / filename).parent.mkdir(parents=True, exist_ok=True)
+    (repo_dir / "blobs").mkdir(exist_ok=True)
+    blob = repo_dir / "blobs" / (blob_name or hashlib.sha256(payload).hexdigest())
+    blob.write_bytes(payload)
+    (snapshot / filename).symlink_to(blob)
+    return blob
+
+
+def _offline_hub(monkeypatch, cache) -> None:
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import huggingface_hub.constants as hc
+
+    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(hc, "HF_HUB_OFFLINE", True)
 
 
 def test_download_places_the_file_in_the_models_folder(tmp_path, monkeypatch):
@@ -180,3 +197,51 @@ def test_the_command_line_finds_pose_files_in_controlnet_aux_beside_its_models_f
         "yolox_l.onnx": det, "dw-ll_ucoco_384.onnx": pose}
     ours = _place(models / "diffbody" / "pose" / "yolox_l.onnx")  # our own folder comes first
     assert files.resolve_model_files(wanted, models, download_missing=False)["yolox_l.onnx"] == ours
+
+
+SDXL_FILE = "sd_xl_base_1.0.safetensors"
+
+
+def test_the_catalogue_holds_sdxl_base_sha256():
+    assert files.KNOWN_FILES[SDXL_FILE].sha256 == "31e35c80fc4829d14f90153f4c74cd59c90b779f6afe05a74cd6120b893f7e5b"
+
+
+def test_a_tampered_file_in_the_cache_is_refused_against_the_catalogue(tmp_path, monkeypatch):
+    """The catalogue's SHA-256 (a test entry: the real SDXL file is 6.9 GB) decides; a cache blob whose content
+    was replaced (its name still the original's hash) never reaches the models folder."""
+    good = b"the published weights"
+    known = dataclasses.replace(files.KNOWN_FILES[SDXL_FILE], sha256=hashlib.sha256(good).hexdigest())
+    monkeypatch.setitem(files.KNOWN_FILES, SDXL_FILE, known)
+    cache, dest = tmp_path / "hf-cache", tmp_path / "models" / "checkpoints"
+    blob = _fill_hf_cache(cache, known.repo_id, SDXL_FILE, good)
+    _offline_hub(monkeypatch, cache)
+    assert open(files.download(SDXL_FILE, str(dest)), "rb").read() == good  # the untouched copy passes
+    os.remove(dest / SDXL_FILE)
+    blob.write_bytes(b"the published weights, with something added")
+    with pytest.raises(files.WrongModelFile, match="does not match the SHA256 in the pack's catalogue"):
+        files.download(SDXL_FILE, str(dest))
+    assert not (dest / SDXL_FILE).exists()
+
+
+def test_without_a_catalogue_hash_the_cache_record_is_checked(tmp_path, monkeypatch):
+    cache, dest = tmp_path / "hf-cache", tmp_path / "models" / "diffbody" / "pose"
+    _fill_hf_cache(cache, "yzd-v/DWPose", "yolox_l.onnx", b"tampered onnx",
+                   blob_name=hashlib.sha256(b"onnx bytes").hexdigest())
+    _offline_hub(monkeypatch, cache)
+    with pytest.raises(files.WrongModelFile, match="does not match the SHA256 in the Hugging Face cache's record"):
+        files.download("yolox_l.onnx", str(dest))
+    assert not (dest / "yolox_l.onnx").exists()
+
+
+def test_a_tampered_file_of_a_model_folder_is_refused(tmp_path, monkeypatch):
+    cache, dest = tmp_path / "hf-cache", tmp_path / "models" / "diffbody" / "priors"
+    repo = files.KNOWN_FILES["Depth-Anything-V2-Small-hf"].repo_id
+    config = b'{"model_type": "depth_anything"}'
+    git_sha1 = hashlib.sha1(b"blob %d\0" % len(config) + config).hexdigest()
+    _fill_hf_cache(cache, repo, "config.json", config, blob_name=git_sha1)
+    _fill_hf_cache(cache, repo, "model.safetensors", b"weights, altered",
+                   blob_name=hashlib.sha256(b"weights").hexdigest())
+    _offline_hub(monkeypatch, cache)
+    with pytest.raises(files.WrongModelFile, match="model.safetensors"):
+        files.download("Depth-Anything-V2-Small-hf", str(dest))
+    assert not (dest / "Depth-Anything-V2-Small-hf").exists()

@@ -3,9 +3,11 @@ controls are attached to CONDITIONING."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from comfyui_diffbody.nodes.stage2 import UNION_TYPES, ApplyMultiPriorControlNet, _with_control, union_priors_control
+from comfyui_diffbody.pipelines.stage2_errors import Stage2Error
 
 
 class FakeUnion:
@@ -76,7 +78,36 @@ def test_attaching_shares_one_control_per_previous_and_never_mutates_inputs():
 def test_zero_strengths_return_the_inputs_untouched():
     positive, negative = [[torch.zeros(1, 77, 8), {}]], [[torch.zeros(1, 77, 8), {}]]
     node = ApplyMultiPriorControlNet()
-    images = priors()
+    images = priors(64, 64)
     out = node.apply(positive, negative, FakeUnion(), images["image"], images["pose"], images["depth"],
                      images["normal"], 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 1.0)
     assert out[0] is positive and out[1] is negative
+
+
+@pytest.mark.parametrize("height,width", [(1, 1), (9, 17), (2048, 8), (8, 2048), (63, 512)])
+def test_images_too_small_for_stage_2_get_a_message_naming_size_and_remedy(height, width):
+    """The bundled workflows sample SDXL at I_ir's size; a 1x1 photo used to reach the KSampler and fail there
+    with ZeroDivisionError. The apply node (the first stage-2 node to see I_ir) says what is wrong instead."""
+    positive, negative = [[torch.zeros(1, 77, 8), {}]], [[torch.zeros(1, 77, 8), {}]]
+    images = priors(height, width)
+    with pytest.raises(Stage2Error, match=rf"image prior is {width}x{height} px.*at least 64 px.*upscale"):
+        ApplyMultiPriorControlNet().apply(positive, negative, FakeUnion(), images["image"], images["pose"],
+                                          images["depth"], images["normal"], 1.0, 1.0, 1.0, 1.0, 1.0, 0.0, 1.0)
+
+
+def test_the_canvas_takes_grey_rgba_and_unbatched_images_as_batched_rgb():
+    """Every pack node takes what other nodes hand it; the canvas read its size from shape[1:3], which for an
+    unbatched (H, W, C) IMAGE is (W, C)."""
+    from comfyui_diffbody.nodes.canvas import Stage2Canvas
+
+    rgb = torch.rand(1, 40, 24, 3, generator=torch.Generator().manual_seed(0))
+    grey = rgb[..., :1]
+    variants = {"batched RGB": rgb, "unbatched": rgb[0], "RGBA": torch.cat([rgb, torch.ones_like(grey)], -1)}
+    results = {name: Stage2Canvas().to_canvas(image, image, image, image, image, "bucket")
+               for name, image in variants.items()}
+    reference = results["batched RGB"]
+    for name, result in results.items():
+        for placed, expected in zip(result[:5], reference[:5]):
+            assert placed.shape == expected.shape == (1, 768, 512, 3) and torch.equal(placed, expected), name
+    grey_result = Stage2Canvas().to_canvas(grey, grey, grey, grey, grey, "native")[0]
+    assert grey_result.shape[-1] == 3 and torch.equal(grey_result[..., 0], grey_result[..., 2])
