@@ -45,6 +45,8 @@ FOLDERS: dict[str, ModelFolder] = {
         ModelFolder("LLM", "LLM", frozenset()),
         # Depth and normal estimators (Hugging Face model folders): the priors without stage-1 weights.
         ModelFolder("diffbody_priors", os.path.join("diffbody", "priors"), frozenset()),
+        # Networks of the evaluation's neural metrics (evaluation/neural.py).
+        ModelFolder("diffbody_metrics", os.path.join("diffbody", "metrics")),
     )
 }
 
@@ -64,13 +66,17 @@ class ModelFile:
     revision: str = ""
     # Files of a folder the pack never reads (pickled duplicates of the safetensors): not downloaded.
     skip_patterns: tuple[str, ...] = field(default=())
+    # A single file published outside Hugging Face (torchvision's weights): its address.
+    direct_url: str = ""
 
     @property
     def downloadable(self) -> bool:
-        return bool(self.repo_id)
+        return bool(self.repo_id or self.direct_url)
 
     @property
     def url(self) -> str:
+        if self.direct_url:
+            return self.direct_url
         if not self.downloadable:
             return ""
         if self.is_dir:
@@ -135,6 +141,13 @@ KNOWN_FILES: dict[str, ModelFile] = {
         ModelFile("marigold-normals-v1-1", "diffbody_priors", "prs-eth/marigold-normals-v1-1", is_dir=True,
                   skip_patterns=("*.fp16.safetensors",),
                   description="Marigold normals v1.1, diffusers layout (surface normals)"),
+        # The evaluation's LPIPS (AlexNet, v0.1): the lpips package's linear layers (pyiqa's copy, the same bytes)
+        # on torchvision's ImageNet AlexNet.
+        ModelFile("LPIPS_v0.1_alex-df73285e.pth", "diffbody_metrics", "chaofengc/IQA-PyTorch-Weights",
+                  description="LPIPS v0.1 linear layers for AlexNet (evaluation)"),
+        ModelFile("alexnet-owt-7be5be79.pth", "diffbody_metrics", "",
+                  direct_url="https://download.pytorch.org/models/alexnet-owt-7be5be79.pth",
+                  description="torchvision's ImageNet AlexNet, LPIPS's backbone (evaluation)"),
     )
 }
 
@@ -181,7 +194,7 @@ def require_file(filename: str, folder: str, search_dirs: list[str]) -> str:
 
 
 def download(filename: str, dest_dir: str) -> str:
-    """Fetch a known file (or model folder) from Hugging Face into `dest_dir`, with a progress bar.
+    """Fetch a known file (or model folder) from Hugging Face (or its direct address) into `dest_dir`.
 
     Only ever called when the user asked for it (the nodes' `auto_download` switch, the command
     line's `--download`). The file goes through the user's Hugging Face cache, so a copy that is
@@ -197,6 +210,8 @@ def download(filename: str, dest_dir: str) -> str:
         raise MissingDependency("Automatic download needs huggingface_hub: pip install huggingface_hub") from e
     os.makedirs(dest_dir, exist_ok=True)
     target = os.path.join(dest_dir, known.filename)
+    if known.direct_url:
+        return _download_url(known.direct_url, target)
     if known.is_dir:
         snapshot = huggingface_hub.snapshot_download(known.repo_id, revision=known.revision or None,
                                                       ignore_patterns=list(known.skip_patterns) or None)
@@ -204,6 +219,22 @@ def download(filename: str, dest_dir: str) -> str:
     else:  # saved under our file name, whatever its name in the repository
         cached = huggingface_hub.hf_hub_download(known.repo_id, known.repo_path or known.filename)
         _link_or_copy(cached, target)
+    return target
+
+
+def _download_url(url: str, target: str) -> str:
+    """A file outside Hugging Face, written under a temporary name and renamed when whole."""
+    import tempfile
+    import urllib.request
+
+    handle, partial = tempfile.mkstemp(prefix=f".{os.path.basename(target)}.", dir=os.path.dirname(target))
+    os.close(handle)
+    try:
+        urllib.request.urlretrieve(url, partial)
+        os.replace(partial, target)
+    finally:
+        if os.path.exists(partial):
+            os.unlink(partial)
     return target
 
 

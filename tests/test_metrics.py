@@ -1,4 +1,4 @@
-"""evaluation/metrics.py against an independent reference: scikit-image's colour conversion and metrics,
+"""pipelines/metrics.py against an independent reference: scikit-image's colour conversion and metrics,
 put together here by the formulas in metrics.py's docstring (the pack's metrics use no scikit-image).
 
 Real photos (scikit-image's astronaut, coffee, chelsea) under each of the paper's five Table-1 presets."""
@@ -11,7 +11,7 @@ import torch
 from skimage import color, data
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from comfyui_diffbody.evaluation.metrics import PIXEL_METRICS, pixel_metrics
+from comfyui_diffbody.pipelines.metrics import PIXEL_METRICS, pixel_metrics
 from comfyui_diffbody.training.degradations import PRESETS, apply_preset
 
 PHOTOS = ("astronaut", "coffee", "chelsea")

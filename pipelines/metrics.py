@@ -1,5 +1,8 @@
 """Full-reference pixel metrics: PSNR, SSIM, CPSNR, CSSIM, in torch, batched on the images' device.
 
+Shared by the evaluation (evaluation/, `python -m comfyui_diffbody evaluate`) and the DiffBody Image Metrics
+node, hence on this floor.
+
 The paper (Table 1, Table 5) names the metrics but not their exact definitions. Those used here, for a
 result x and its reference y, both RGB on the 0..255 scale (the 8-bit images as written, x = 255 * tensor),
 of H x W pixels after `crop_border` pixels are dropped from every edge (default 0: the whole image):
@@ -28,7 +31,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..pipelines.image import check_bchw
+from .image import check_bchw
 
 PIXEL_METRICS = ("psnr", "ssim", "cpsnr", "cssim")
 # BT.601 luma weights for 0..255 RGB giving studio-range Y (16..235)
