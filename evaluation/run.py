@@ -33,6 +33,7 @@ from .scoring import Scorer
 REAL = "real"  # the preset name of real low-quality photos (no-reference mode)
 KEY_COLUMNS = ("image", "preset", "method")
 METRICS_CSV = "metrics.csv"
+SCORE_BATCH = 8  # results scored together on the device
 
 
 @dataclass(frozen=True)
@@ -173,23 +174,41 @@ def score_missing(config: EvalConfig, methods: list[Method], cases: list[Case], 
             if scorer.needs_work(rows.get((case.stem, case.preset, method.label)), case.reference is not None)]
     device = torch.device(config.device)
     with progress("scoring", len(todo), "image") as bar:
-        for case, method in todo:
-            rows[(case.stem, case.preset, method.label)] = _score_one(config, method, case, scorer, device)
-            bar.update(1)
+        for batch in _batches(todo):
+            for (case, method), row in zip(batch, _score_batch(config, batch, scorer, device)):
+                rows[(case.stem, case.preset, method.label)] = row
+            bar.update(len(batch))
     ordered = [rows[key] for key in sorted(rows, key=_row_order(cases, methods))]
     if todo:
         write_rows(table, ordered, scorer.columns)
     return ordered
 
 
-def _score_one(config: EvalConfig, method: Method, case: Case, scorer: Scorer, device: torch.device) -> dict:
-    row = {"image": case.stem, "preset": case.preset, "method": method.label}
-    path = result_path(config, method, case)
-    if path is None or not path.is_file():
-        return {**row, **scorer.all_missing(f"no result file for {case.stem} in {method.spec.argument}")}
-    result, note = conform(read_image(path), case)
-    reference = None if case.reference is None else case.reference.to(device)
-    return {**row, **scorer.score(result.to(device), reference), "note": note}
+def _batches(todo: list[tuple[Case, Method]]) -> list[list[tuple[Case, Method]]]:
+    """The work in batches of up to SCORE_BATCH results of one size (the reference's), with or without a
+    reference, so the metrics run batched on the device."""
+    groups: dict[tuple, list] = {}
+    for case, method in todo:
+        groups.setdefault((tuple(case.upsampled.shape), case.reference is None), []).append((case, method))
+    return [group[i:i + SCORE_BATCH] for group in groups.values() for i in range(0, len(group), SCORE_BATCH)]
+
+
+def _score_batch(config: EvalConfig, batch: list[tuple[Case, Method]], scorer: Scorer,
+                 device: torch.device) -> list[dict]:
+    rows = [{"image": case.stem, "preset": case.preset, "method": method.label} for case, method in batch]
+    paths = [result_path(config, method, case) for case, method in batch]
+    found = [i for i, path in enumerate(paths) if path is not None and path.is_file()]
+    for i in set(range(len(batch))) - set(found):
+        case, method = batch[i]
+        rows[i].update(scorer.all_missing(f"no result file for {case.stem} in {method.spec.argument}"))
+    if found:
+        conformed = [conform(read_image(paths[i]), batch[i][0]) for i in found]
+        results = torch.cat([result for result, _ in conformed]).to(device)
+        references = None if batch[0][0].reference is None else \
+            torch.cat([batch[i][0].reference for i in found]).to(device)
+        for i, (_, note), scores in zip(found, conformed, scorer.score(results, references)):
+            rows[i].update(scores, note=note)
+    return rows
 
 
 def _row_order(cases: list[Case], methods: list[Method]):

@@ -50,15 +50,16 @@ class Scorer:
         empty = {name for name in METRICS if not row.get(name)}
         return bool(empty - set(self.reasons(has_reference)))
 
-    def score(self, result: torch.Tensor, reference: torch.Tensor | None) -> dict[str, object]:
-        """One (1, 3, H, W) result (and its reference) -> {metric: value, or "" when missing; "missing": why}."""
-        reasons = self.reasons(reference is not None)
-        values = dict(pixel_metrics(result, reference)) if reference is not None else {}
+    def score(self, results: torch.Tensor, references: torch.Tensor | None) -> list[dict[str, object]]:
+        """(B, 3, H, W) results (and their references), one batch on one device -> per image {metric: value,
+        or "" when missing; "missing": why}."""
+        reasons = self.reasons(references is not None)
+        values = dict(pixel_metrics(results, references)) if references is not None else {}
         for name, metric in self.neural.items():
             if name not in reasons:
-                values[name] = metric(result, reference if name in FULL_REFERENCE else None)
-        row = {name: float(values[name][0]) if name in values else "" for name in METRICS}
-        return {**row, "missing": describe(reasons)}
+                values[name] = metric(results, references if name in FULL_REFERENCE else None)
+        return [{**{name: float(values[name][i]) if name in values else "" for name in METRICS},
+                 "missing": describe(reasons)} for i in range(results.shape[0])]
 
     def all_missing(self, why: str) -> dict[str, object]:
         return {**{name: "" for name in METRICS}, "missing": f"all: {why}"}

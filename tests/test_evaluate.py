@@ -222,7 +222,10 @@ def test_every_neural_metric_is_either_available_or_missing_with_a_reason():
     with pytest.raises(ValueError, match="either available or unavailable"):
         Scorer({}, {})
     scorer = Scorer({}, {name: "no weights" for name in NEURAL})
-    row = scorer.score(torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 32))
+    batch = torch.rand(3, 3, 32, 32)
+    rows = scorer.score(batch, batch.flip(0))
+    assert [row["ssim"] == 1.0 for row in rows] == [False, True, False]  # each image its own row
+    row = rows[0]
     assert row["lpips"] == "" and row["missing"] == "lpips, maniqa, clipiqa, musiq: no weights"
     assert not scorer.needs_work(row, has_reference=True)
     assert scorer.needs_work({**row, "psnr": ""}, has_reference=True)

@@ -67,7 +67,7 @@ def test_without_the_files_lpips_is_missing_with_the_clear_message(tmp_path, cap
     assert "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth" in message
     assert "https://huggingface.co/chaofengc/IQA-PyTorch-Weights/resolve/main/LPIPS_v0.1_alex-df73285e.pth" in message
     assert "--download" in message
-    row = Scorer(metrics, unavailable).score(torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 32))
+    [row] = Scorer(metrics, unavailable).score(torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 32))
     assert row["lpips"] == "" and "lpips" in row["missing"]  # missing, never 0
 
 
