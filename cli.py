@@ -7,6 +7,9 @@ depth/normal estimators -> stage 2 with ControlNet-Union SDXL and IP-Adapter Plu
 everything on generated tiny random weights: a plumbing check, not a restoration. Under `accelerate launch`
 (one process per GPU) each process restores its share of the inputs; inputs whose outputs are all there are
 skipped, so a stopped run resumes.
+
+`python -m comfyui_diffbody evaluate HQ_FOLDER --out DIR` scores methods on the paper's Table-1 degradations
+(evaluation/; the pipelines built here with the restore options).
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@
   (evaluation/paper_table1.csv), for comparison; they come from SHHQ photos, ours from the photos given.
   A metric no row could compute reads "missing", with the reason under the table.
 - plots/<preset>_<metric>.png: one bar chart per preset and metric (ours, and the paper's where it has one).
-- sheets/<photo>.png: per photo, a row per preset: LQ (at the HQ's size) | each method | HQ.
+- sheets/<photo>.png: per photo, a row per preset: LQ (its pixels enlarged to the HQ's size) | each method | HQ.
 """
 
 from __future__ import annotations
@@ -158,7 +158,8 @@ def write_sheets(config: "EvalConfig", methods: list["Method"], cases: list["Cas
     for stem in dict.fromkeys(case.stem for case in cases):
         rows = []
         for case in [c for c in cases if c.stem == stem]:
-            tiles = [(f"LQ {case.preset}", Image.fromarray(chw_to_uint8(case.upsampled[0])))]
+            lq = Image.fromarray(chw_to_uint8(case.lq[0]))  # its own pixels, enlarged as blocks
+            tiles = [(f"LQ {case.preset}", lq.resize(tuple(case.upsampled.shape[:-3:-1]), Image.Resampling.NEAREST))]
             for method in methods:
                 path = result_path(config, method, case)
                 tiles.append((method.label, Image.open(path).convert("RGB") if path and path.is_file() else None))
