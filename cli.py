@@ -158,7 +158,8 @@ def _add_evaluate_command(commands) -> None:
                           help="with --no-reference: how much the methods enlarge the photos (default 4)")
     evaluate.add_argument("--tiny", action="store_true",
                           help="plumbing check: the pipelines run on tiny random weights (their results are noise); "
-                               f"{TINY_STEPS} steps per stage unless given")
+                               f"{TINY_STEPS} steps per stage unless given; the metrics' files still come from "
+                               "--models-dir")
     _add_pipeline_arguments(evaluate)
 
 
@@ -550,8 +551,8 @@ def evaluate(args) -> int:
             methods = [evaluation_method(spec, args, models_dir, device) for spec in specs]
             cases = prepare_cases(config)
             written = restore_missing(config, methods, cases)
-            metrics_dir = Path(tiny_dir) if args.tiny else (args.models_dir or default_models_dir())
-            rows = score_missing(config, methods, cases, evaluation_scorer(args, metrics_dir, device))
+            scorer = evaluation_scorer(args, args.models_dir or default_models_dir(), device)
+            rows = score_missing(config, methods, cases, scorer)
     except MethodError as error:
         raise SystemExit(f"error: {error}") from None
     report = write_report(config, methods, cases, rows)
@@ -642,7 +643,7 @@ def _pipeline_method(spec, method_args, models_dir: _ModelsDir, device):
 
 def evaluation_scorer(args, models_dir: Path, device):
     """The metrics: the pixel ones, and the neural ones whose files are in diffbody/metrics/ of the models
-    folder (with --tiny, of the tiny one, which has none: they are reported missing)."""
+    folder (--models-dir, also with --tiny: the metrics' networks are real ones, only the pipelines are tiny)."""
     from .evaluation.neural import neural_metrics
     from .evaluation.scoring import Scorer
 

@@ -67,8 +67,9 @@ METHODS = ["bicubic", "stage0", "public", "diffbody"]
 
 def test_end_to_end_on_two_photos_five_presets_and_every_kind_of_method(hq_folder, tmp_path, monkeypatch, capsys):
     out = tmp_path / "eval"
+    # --models-dir: where the metrics' files would be (none there: LPIPS missing); the pipelines are tiny
     argv = ["evaluate", str(hq_folder), "--out", str(out), "--methods", *METHODS, f"folder:{hq_folder}",
-            "--tiny", "--size-mode", "native", "--device", "cpu"]
+            "--tiny", "--size-mode", "native", "--device", "cpu", "--models-dir", str(tmp_path / "models")]
     counts = count_work(monkeypatch)
     assert cli.main(argv) == 0
     assert counts["restore"].calls == 3  # one per pipeline method, over all its photos x presets
@@ -110,7 +111,8 @@ def test_end_to_end_on_two_photos_five_presets_and_every_kind_of_method(hq_folde
 
 
 def test_an_sr_network_runs_on_the_lq_and_loads_once(hq_folder, tmp_path, monkeypatch):
-    """sr:FILE with a random-weight Real-ESRGAN Compact x4 (spandrel detects it from its keys)."""
+    """sr:FILE with a random-weight Real-ESRGAN Compact x4 (spandrel detects it from its keys); LPIPS missing
+    until its files are put in place, then filled in by a rerun that restores nothing."""
     from safetensors.torch import save_file
     from spandrel.architectures.Compact import Compact
 
@@ -119,7 +121,7 @@ def test_an_sr_network_runs_on_the_lq_and_loads_once(hq_folder, tmp_path, monkey
     counts = count_work(monkeypatch)
     out = tmp_path / "eval"
     argv = ["evaluate", str(hq_folder), "--out", str(out), "--methods", f"sr:{network}", "--presets", "1,3",
-            "--device", "cpu"]
+            "--device", "cpu", "--models-dir", str(tmp_path / "models")]
     assert cli.main(argv) == 0
     assert counts["image_model"].calls == 1
     rows = read_csv(out / "metrics.csv")
@@ -127,6 +129,18 @@ def test_an_sr_network_runs_on_the_lq_and_loads_once(hq_folder, tmp_path, monkey
     notes = {row["preset"]: row["note"] for row in rows}
     assert notes["blur2_sr4"] == ""  # x4 of the x4-smaller LQ: the HQ's size
     assert notes["blur2_noise40"].startswith("resized from")  # x4 of a full-size LQ: brought back, and said
+    assert all(row["lpips"] == "" and "lpips: no weights" in row["missing"] for row in rows)
+
+    pytest.importorskip("lpips")
+    from test_neural_metrics import write_lpips_files
+
+    write_lpips_files(tmp_path / "models")
+    rerun = count_work(monkeypatch)
+    assert cli.main(argv) == 0
+    assert rerun["image_model"].calls == 0
+    filled = read_csv(out / "metrics.csv")
+    assert all(float(row["lpips"]) > 0 and "lpips" not in row["missing"] for row in filled)
+    assert [row["psnr"] for row in filled] == [row["psnr"] for row in rows]
 
 
 def test_real_low_quality_photos_get_no_reference_metrics_only(hq_folder, tmp_path):
