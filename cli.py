@@ -252,14 +252,13 @@ def required_files(args) -> list:
     return needed + list(diffusion_files(args).values())
 
 
-def resolve_files(args, models_dir: Path) -> dict[str, str]:
+def resolve_files(args, models_dir: Path, hint: str = "--stage0-only runs stage 0 alone; ") -> dict[str, str]:
     """{file name: path}; with missing files, print each with where to get it and exit 2."""
     from .models.errors import MissingModelFiles
     from .models.files import resolve_model_files
 
     try:
-        return resolve_model_files(required_files(args), models_dir, download_missing=args.download,
-                                   hint="--stage0-only runs stage 0 alone; ")
+        return resolve_model_files(required_files(args), models_dir, download_missing=args.download, hint=hint)
     except MissingModelFiles as error:
         print(error, file=sys.stderr)
         raise SystemExit(2) from None
@@ -629,7 +628,8 @@ def _pipeline_method(spec, method_args, models_dir: _ModelsDir, device):
         from .pipelines import restore as pipeline
 
         folder = models_dir()
-        models = model_paths(method_args, resolve_files(method_args, folder), folder)
+        hint = f"leave '{spec.text}' out of --methods to evaluate the others; "
+        models = model_paths(method_args, resolve_files(method_args, folder, hint), folder)
         options, configs = restore_options(method_args, device), network_configs(method_args, folder)
 
         def run(images):
