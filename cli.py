@@ -535,12 +535,17 @@ def evaluate(args) -> int:
     command's options); the tiny models folder and each method's networks are made only when some result
     is missing."""
     from .evaluation.methods import DEFAULT_METHODS, MethodError, parse_methods
-    from .evaluation.report import write_report
+    from .evaluation.report import pyplot, write_report
+    from .models.errors import MissingDependency
     from .evaluation.run import EvalConfig, prepare_cases, restore_missing, score_missing
     from .models.devices import pick_device
 
     check_choices(args)
     device = pick_device(args.device)
+    try:
+        pyplot()  # before any work: the report's plots need matplotlib
+    except MissingDependency as error:
+        raise SystemExit(f"error: {error}") from None
     try:
         specs = parse_methods(args.methods or list(DEFAULT_METHODS))
         config = EvalConfig(photos=args.photos, out=args.out, presets=parse_presets(args.presets), limit=args.limit,

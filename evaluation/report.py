@@ -105,7 +105,7 @@ def _cell(value: float | None, *, bold: bool = False, paper: bool = False) -> st
     return f"**{text}**" if bold else text
 
 
-def _pyplot():
+def pyplot():
     try:
         import matplotlib
     except ImportError as error:
@@ -119,7 +119,7 @@ def _pyplot():
 
 def write_plots(folder: Path, means: dict, presets: list[str], methods: list[str]) -> list[Path]:
     """One bar chart per preset and metric that some method has; the paper's methods as hatched bars."""
-    plt = _pyplot()
+    plt = pyplot()
     paper = read_paper_table()
     written = []
     folder.mkdir(parents=True, exist_ok=True)

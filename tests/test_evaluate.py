@@ -255,3 +255,12 @@ def test_folder_results_are_matched_by_name_preset_folder_first(tmp_path):
     assert method.found_result("noise40_sr4", "b") is None
     with pytest.raises(MethodError, match="no such folder"):
         eval_methods.folder_method(parse_method(f"folder:{tmp_path / 'nothing'}"))
+
+
+def test_without_matplotlib_the_command_stops_before_any_work(hq_folder, tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` now raises ImportError
+    with pytest.raises(SystemExit, match="plots need matplotlib: pip install matplotlib"):
+        cli.main(["evaluate", str(hq_folder), "--out", str(tmp_path / "out"), "--methods", "bicubic", "--device", "cpu"])
+    assert not (tmp_path / "out").exists()
