@@ -161,6 +161,9 @@ def test_the_lq_is_seeded_per_photo_and_preset(hq_folder, tmp_path):
     assert all(torch.equal(a.lq, b.lq) for a, b in zip(first, again))
     assert not torch.equal(first[1].lq, other[1].lq)  # noise40_sr4: the seed matters
     assert case_seed(0, "noise40_sr4", "a") != case_seed(0, "noise40_sr4", "b")
+    limited = prepare_cases(EvalConfig(hq_folder, tmp_path / "a", presets=("blur2_sr4",), limit=1),
+                            progress=_no_progress)
+    assert [(case.stem, case.preset) for case in limited] == [("astronaut", "blur2_sr4")]
 
 
 def _no_progress(description, total, unit):
