@@ -7,6 +7,9 @@ depth/normal estimators -> stage 2 with ControlNet-Union SDXL and IP-Adapter Plu
 everything on generated tiny random weights: a plumbing check, not a restoration. Under `accelerate launch`
 (one process per GPU) each process restores its share of the inputs; inputs whose outputs are all there are
 skipped, so a stopped run resumes.
+
+`python -m comfyui_diffbody evaluate HQ_FOLDER --out DIR` scores methods on the paper's Table-1 degradations
+(evaluation/; the pipelines built here with the restore options).
 """
 
 from __future__ import annotations
@@ -41,8 +44,6 @@ def build_parser() -> argparse.ArgumentParser:
                                               "--mode public, from public weights only).")
     restore.add_argument("inputs", nargs="+", type=Path, help="image files or folders of images")
     restore.add_argument("--out", type=Path, default=Path("diffbody-output"), help="output folder")
-    restore.add_argument("--models-dir", type=Path, default=None,
-                         help=f"a ComfyUI-style models folder (default: {default_models_dir()})")
     restore.add_argument("--mode", default="diffbody", choices=MODES,
                          help="diffbody: stages 0, 1 and 2 with DiffBody's weights (the paper's); public: no DiffBody "
                               "weights - depth/normal estimators instead of stage 1, ControlNet-Union SDXL and "
@@ -51,8 +52,6 @@ def build_parser() -> argparse.ArgumentParser:
                          help="plumbing check: generate tiny random weights and run on them (output is noise); "
                               f"steps default to {TINY_STEPS} per stage, and every prior is saved (--save-priors) "
                               "to show each stage ran")
-    restore.add_argument("--download", action="store_true",
-                         help="download missing model files that have a public source into the models folder")
     restore.add_argument("--stage0-only", action="store_true",
                          help="run only stage 0 (SwinIR cleanup, pose, caption)")
     restore.add_argument("--save-priors", action="store_true",
@@ -60,52 +59,62 @@ def build_parser() -> argparse.ArgumentParser:
                               "mode), *_depth, *_normal, *_caption.txt")
     restore.add_argument("--upscale", type=float, default=None,
                          help="super-resolution factor before cleanup (default: the mode's, 1: the photo's own size)")
-    restore.add_argument("--tile-size", type=int, default=512)
-    restore.add_argument("--tile-stride", type=int, default=256)
-    restore.add_argument("--swinir", default="general_swinir_v1.ckpt", help="SwinIR file in upscale_models/")
-    restore.add_argument("--pose-backend", default="dwpose", choices=["dwpose", "openpose", "mediapipe"])
-    restore.add_argument("--xinsir-sticks", action=argparse.BooleanOptionalAction, default=None,
-                         help="draw the pose skeleton as xinsir's ControlNets expect it, the limbs wider on larger "
-                              "images (comfyui_controlnet_aux's scale_stick_for_xinsr_cn) (default: the mode's, on "
-                              "in public for ControlNet-Union, off in diffbody, whose ControlNets learnt the pack's "
-                              "own drawing)")
-    restore.add_argument("--no-caption", action="store_true", help="skip LLaVA captioning (empty prompts)")
-    restore.add_argument("--no-recaption", action="store_true",
-                         help="keep stage 0's caption for stage 2 instead of re-captioning I_res (the paper's)")
-    restore.add_argument("--caption-model", default="llava-1.5-7b-hf", help="LLaVA folder in LLM/")
-    restore.add_argument("--sdxl", default=None,
-                         help="SDXL base: a diffusers folder in diffusers/, a single file in checkpoints/ or a path "
-                              f"(default: {DIFFUSION_FILES['sdxl'][0]} in diffusers/, else {SINGLE_FILES['sdxl']} "
-                              "in checkpoints/)")
-    restore.add_argument("--sd21", default=None,
-                         help="SD 2.1-base (stage 1's VAE and text encoder), found like --sdxl (default: "
-                              f"{DIFFUSION_FILES['sd21'][0]} in diffusers/, else {SINGLE_FILES['sd21']} in checkpoints/)")
-    restore.add_argument("--clip-tokenizer", type=Path, default=None,
-                         help="single-file checkpoints hold no tokenizer: a folder with CLIP's vocab.json and "
-                              "merges.txt, or a diffusers folder (default: ComfyUI's comfy/sd1_tokenizer/ of the "
-                              "ComfyUI the pack is installed in, or of $DIFFBODY_COMFYUI_DIR)")
-    restore.add_argument("--depth-model", default=PUBLIC_DEPTH_MODEL,
-                         help="public mode: depth estimator folder in diffbody/priors/ (Depth-Anything-V2-{Small,"
-                              "Base,Large}-hf, dpt-hybrid-midas; Small is the Apache-2.0 one)")
-    restore.add_argument("--normal-source", default=PUBLIC_NORMAL_SOURCE,
-                         help=f"public mode: a Marigold normals folder in diffbody/priors/, or '{FROM_DEPTH}': normals "
-                              "from the depth map's slopes (no extra model, coarser)")
-    restore.add_argument("--negative-prompt", default="", help="negative prompt for both diffusion stages")
-    _add_sampling_arguments(restore)
-    restore.add_argument("--strengths", type=float, nargs=4, default=None,
-                         metavar=("A1", "A2", "A3", "A4"),
-                         help="stage-2 prior strengths for I_ir, I_pose, I_depth, I_normal (default: the mode's, "
-                              "diffbody 1 1 1 1, public 1 0.5 0.5 0.5)")
-    restore.add_argument("--adapter-weight", type=float, default=None,
-                         help="colour adapter weight, 0: off (default: the mode's, diffbody 1.0, public 0.6)")
-    restore.add_argument("--seed", type=int, default=None, help="default: the mode's (0)")
-    restore.add_argument("--device", default="auto", help="auto (each process's own GPU), cpu, cuda, cuda:1, ...")
     restore.add_argument("--chunk-size", type=int, default=0,
                          help="restore and write this many images at a time (each chunk loads the models again), "
                               "so a stopped run keeps the chunks it finished; 0: all of them at once")
-    restore.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"],
-                         help="auto: float16 on CUDA, float32 on the CPU")
+    _add_pipeline_arguments(restore)
+    _add_evaluate_command(commands)
     return parser
+
+
+def _add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
+    """The models and settings of the pipelines, shared by `restore` and `evaluate`."""
+    parser.add_argument("--models-dir", type=Path, default=None,
+                        help=f"a ComfyUI-style models folder (default: {default_models_dir()})")
+    parser.add_argument("--download", action="store_true",
+                        help="download missing model files that have a public source into the models folder")
+    parser.add_argument("--tile-size", type=int, default=512)
+    parser.add_argument("--tile-stride", type=int, default=256)
+    parser.add_argument("--swinir", default="general_swinir_v1.ckpt", help="SwinIR file in upscale_models/")
+    parser.add_argument("--pose-backend", default="dwpose", choices=["dwpose", "openpose", "mediapipe"])
+    parser.add_argument("--xinsir-sticks", action=argparse.BooleanOptionalAction, default=None,
+                        help="draw the pose skeleton as xinsir's ControlNets expect it, the limbs wider on larger "
+                             "images (comfyui_controlnet_aux's scale_stick_for_xinsr_cn) (default: the mode's, on "
+                             "in public for ControlNet-Union, off in diffbody, whose ControlNets learnt the pack's "
+                             "own drawing)")
+    parser.add_argument("--no-caption", action="store_true", help="skip LLaVA captioning (empty prompts)")
+    parser.add_argument("--no-recaption", action="store_true",
+                        help="keep stage 0's caption for stage 2 instead of re-captioning I_res (the paper's)")
+    parser.add_argument("--caption-model", default="llava-1.5-7b-hf", help="LLaVA folder in LLM/")
+    parser.add_argument("--sdxl", default=None,
+                        help="SDXL base: a diffusers folder in diffusers/, a single file in checkpoints/ or a path "
+                             f"(default: {DIFFUSION_FILES['sdxl'][0]} in diffusers/, else {SINGLE_FILES['sdxl']} "
+                             "in checkpoints/)")
+    parser.add_argument("--sd21", default=None,
+                        help="SD 2.1-base (stage 1's VAE and text encoder), found like --sdxl (default: "
+                             f"{DIFFUSION_FILES['sd21'][0]} in diffusers/, else {SINGLE_FILES['sd21']} in checkpoints/)")
+    parser.add_argument("--clip-tokenizer", type=Path, default=None,
+                        help="single-file checkpoints hold no tokenizer: a folder with CLIP's vocab.json and "
+                             "merges.txt, or a diffusers folder (default: ComfyUI's comfy/sd1_tokenizer/ of the "
+                             "ComfyUI the pack is installed in, or of $DIFFBODY_COMFYUI_DIR)")
+    parser.add_argument("--depth-model", default=PUBLIC_DEPTH_MODEL,
+                        help="public mode: depth estimator folder in diffbody/priors/ (Depth-Anything-V2-{Small,"
+                             "Base,Large}-hf, dpt-hybrid-midas; Small is the Apache-2.0 one)")
+    parser.add_argument("--normal-source", default=PUBLIC_NORMAL_SOURCE,
+                        help=f"public mode: a Marigold normals folder in diffbody/priors/, or '{FROM_DEPTH}': normals "
+                             "from the depth map's slopes (no extra model, coarser)")
+    parser.add_argument("--negative-prompt", default="", help="negative prompt for both diffusion stages")
+    _add_sampling_arguments(parser)
+    parser.add_argument("--strengths", type=float, nargs=4, default=None,
+                        metavar=("A1", "A2", "A3", "A4"),
+                        help="stage-2 prior strengths for I_ir, I_pose, I_depth, I_normal (default: the mode's, "
+                             "diffbody 1 1 1 1, public 1 0.5 0.5 0.5)")
+    parser.add_argument("--adapter-weight", type=float, default=None,
+                        help="colour adapter weight, 0: off (default: the mode's, diffbody 1.0, public 0.6)")
+    parser.add_argument("--seed", type=int, default=None, help="default: the mode's (0)")
+    parser.add_argument("--device", default="auto", help="auto (each process's own GPU), cpu, cuda, cuda:1, ...")
+    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"],
+                        help="auto: float16 on CUDA, float32 on the CPU")
 
 
 def _add_sampling_arguments(restore: argparse.ArgumentParser) -> None:
@@ -129,6 +138,34 @@ def _add_sampling_arguments(restore: argparse.ArgumentParser) -> None:
                          help="default: the paper's 200 for ddpm, else the scheduler's usual count")
     restore.add_argument("--cfg", type=float, default=None,
                          help="stage-2 classifier-free guidance scale (default: the mode's, 5.0)")
+
+
+def _add_evaluate_command(commands) -> None:
+    evaluate = commands.add_parser(
+        "evaluate", help="score restorations against the paper's degradations (Table 1)",
+        description="Degrade every photo in HQ_FOLDER with the paper's Table-1 presets (seeded), restore each with "
+                    "every method, score the results and write a report (metrics.csv, summary.md, plots/, "
+                    "sheets/) to --out. A rerun skips what is done.")
+    evaluate.add_argument("photos", type=Path, metavar="HQ_FOLDER",
+                          help="high-quality photos (with --no-reference: real low-quality photos)")
+    evaluate.add_argument("--out", type=Path, default=Path("diffbody-evaluation"), help="output folder")
+    evaluate.add_argument("--presets", default="1,2,3,4,5",
+                          help="Table-1 rows, comma-separated: 1 blur2_sr4, 2 noise40_sr4, 3 blur2_noise40, "
+                               "4 blur2_noise40_sr4, 5 blur2_noise20_sr4_jpeg50")
+    evaluate.add_argument("--methods", nargs="+", default=None,
+                          help="bicubic, stage0, public, diffbody, sr:FILE, folder:DIR; a pipeline may add settings "
+                               "for itself alone: diffbody@adapter_weight=0, diffbody@strengths=1/1/0/1 "
+                               "(default: bicubic stage0 public diffbody)")
+    evaluate.add_argument("--limit", type=int, default=0, help="only the first N photos (0: all)")
+    evaluate.add_argument("--no-reference", action="store_true",
+                          help="the photos are real low-quality ones: no degradation, no-reference metrics only")
+    evaluate.add_argument("--scale", type=int, default=4,
+                          help="with --no-reference: how much the methods enlarge the photos (default 4)")
+    evaluate.add_argument("--tiny", action="store_true",
+                          help="plumbing check: the pipelines run on tiny random weights (their results are noise); "
+                               f"{TINY_STEPS} steps per stage unless given; the metrics' files still come from "
+                               "--models-dir")
+    _add_pipeline_arguments(evaluate)
 
 
 def collect_images(inputs: list[Path]) -> list[Path]:
@@ -220,14 +257,13 @@ def required_files(args) -> list:
     return needed + list(diffusion_files(args).values())
 
 
-def resolve_files(args, models_dir: Path) -> dict[str, str]:
+def resolve_files(args, models_dir: Path, hint: str = "--stage0-only runs stage 0 alone; ") -> dict[str, str]:
     """{file name: path}; with missing files, print each with where to get it and exit 2."""
     from .models.errors import MissingModelFiles
     from .models.files import resolve_model_files
 
     try:
-        return resolve_model_files(required_files(args), models_dir, download_missing=args.download,
-                                   hint="--stage0-only runs stage 0 alone; ")
+        return resolve_model_files(required_files(args), models_dir, download_missing=args.download, hint=hint)
     except MissingModelFiles as error:
         print(error, file=sys.stderr)
         raise SystemExit(2) from None
@@ -511,8 +547,137 @@ def summary(args, count: int) -> str:
     return f"Wrote DiffBody results{mode}{label} for {count} image(s) to {args.out}: {written}."
 
 
+# -- evaluate ----------------------------------------------------------------------------------------------
+
+def evaluate(args) -> int:
+    """`evaluate`: evaluation/run.py's steps with the methods built here (the pipelines' from the restore
+    command's options); the tiny models folder and each method's networks are made only when some result
+    is missing."""
+    from .evaluation.methods import DEFAULT_METHODS, MethodError, parse_methods
+    from .evaluation.report import pyplot, write_report
+    from .models.errors import MissingDependency
+    from .evaluation.run import EvalConfig, prepare_cases, restore_missing, score_missing
+    from .models.devices import pick_device
+
+    check_choices(args)
+    device = pick_device(args.device)
+    try:
+        pyplot()  # before any work: the report's plots need matplotlib
+    except MissingDependency as error:
+        raise SystemExit(f"error: {error}") from None
+    try:
+        specs = parse_methods(args.methods or list(DEFAULT_METHODS))
+        config = EvalConfig(photos=args.photos, out=args.out, presets=parse_presets(args.presets), limit=args.limit,
+                            no_reference=args.no_reference, scale=args.scale, device=str(device))
+        with tempfile.TemporaryDirectory(prefix="diffbody-tiny-") as tiny_dir:
+            models_dir = _ModelsDir(args, Path(tiny_dir))
+            methods = [evaluation_method(spec, args, models_dir, device) for spec in specs]
+            cases = prepare_cases(config)
+            written = restore_missing(config, methods, cases)
+            scorer = evaluation_scorer(args, args.models_dir or default_models_dir(), device)
+            rows = score_missing(config, methods, cases, scorer)
+    except MethodError as error:
+        raise SystemExit(f"error: {error}") from None
+    report = write_report(config, methods, cases, rows)
+    print(f"Restored {sum(written.values())} image(s) ({len(cases)} photo x preset case(s), {len(methods)} "
+          f"method(s)); report in {report}.")
+    return 0
+
+
+def parse_presets(text: str) -> tuple[str, ...]:
+    """--presets "1,3" -> the names of Table-1 rows 1 and 3 (training/degradations.py's PRESETS, in order)."""
+    from .training.degradations import PRESETS
+
+    names = list(PRESETS)
+    try:
+        rows = [int(item) for item in text.split(",") if item.strip()]
+    except ValueError:
+        rows = []
+    if not rows or any(not 1 <= row <= len(names) for row in rows):
+        raise SystemExit(f"error: --presets {text!r}: comma-separated Table-1 rows from 1 to {len(names)}: "
+                         + ", ".join(f"{i} {name}" for i, name in enumerate(names, 1)))
+    return tuple(names[row - 1] for row in dict.fromkeys(rows))
+
+
+class _ModelsDir:
+    """The models folder, made on first use: with --tiny the tiny factory writes it then (a rerun with every
+    result there writes nothing)."""
+
+    def __init__(self, args, tiny_dir: Path):
+        self.args, self.tiny_dir, self.ready = args, tiny_dir, False
+
+    def __call__(self) -> Path:
+        if not self.args.tiny:
+            return self.args.models_dir or default_models_dir()
+        if not self.ready:
+            from .testing.tiny import build_models_dir
+
+            print("--tiny: the pipelines run on tiny random weights; their results are noise, not restorations.")
+            build_models_dir(str(self.tiny_dir))
+            self.ready = True
+        return self.tiny_dir
+
+
+def evaluation_method(spec, args, models_dir: _ModelsDir, device):
+    from .evaluation.methods import bicubic_method, folder_method, sr_method
+
+    if spec.kind == "bicubic":
+        return bicubic_method(spec)
+    if spec.kind == "sr":
+        return sr_method(spec, device)
+    if spec.kind == "folder":
+        return folder_method(spec)
+    method_args = pipeline_method_args(spec, args)
+    check_choices(method_args)
+    return _pipeline_method(spec, method_args, models_dir, device)
+
+
+def pipeline_method_args(spec, args) -> argparse.Namespace:
+    """The restore command's arguments for a pipeline method: its mode, stage 0 alone for `stage0` (SwinIR and
+    pose, no caption), upscale 1 (it is fed the LQ at the photo's size), the entry's own settings on top."""
+    method_args = argparse.Namespace(**vars(args))
+    method_args.mode = "diffbody" if spec.kind == "stage0" else spec.kind
+    method_args.stage0_only = spec.kind == "stage0"
+    method_args.no_caption = args.no_caption or spec.kind == "stage0"
+    method_args.upscale, method_args.save_priors = 1.0, False
+    for name, value in spec.settings.items():
+        setattr(method_args, name, value)
+    return method_args
+
+
+def _pipeline_method(spec, method_args, models_dir: _ModelsDir, device):
+    from .evaluation.methods import Method
+
+    def make_restorer():
+        from .pipelines import restore as pipeline
+
+        folder = models_dir()
+        hint = f"leave '{spec.text}' out of --methods to evaluate the others; "
+        models = model_paths(method_args, resolve_files(method_args, folder, hint), folder)
+        options, configs = restore_options(method_args, device), network_configs(method_args, folder)
+
+        def run(images):
+            results = pipeline.restore_images(images, models, options, network_configs=configs)
+            return [result.cleaned if method_args.stage0_only else result.restored for result in results]
+
+        return run
+
+    return Method(spec, make_restorer)
+
+
+def evaluation_scorer(args, models_dir: Path, device):
+    """The metrics: the pixel ones, and the neural ones whose files are in diffbody/metrics/ of the models
+    folder (--models-dir, also with --tiny: the metrics' networks are real ones, only the pipelines are tiny)."""
+    from .evaluation.neural import neural_metrics
+    from .evaluation.scoring import Scorer
+
+    return Scorer(*neural_metrics(models_dir, download=args.download, device=str(device)))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "restore":
         return restore(args)
+    if args.command == "evaluate":
+        return evaluate(args)
     return 2

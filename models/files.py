@@ -9,6 +9,7 @@ torch: importing this is free.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +55,8 @@ FOLDERS: dict[str, ModelFolder] = {
         # kijai/ComfyUI-Marigold downloads prs-eth/marigold-normals-v1-1 as models/diffusers/marigold-normals-v1-1.
         ModelFolder("diffbody_priors", os.path.join("diffbody", "priors"), frozenset(),
                     shared=("depthanything", "diffusers")),
+        # Networks of the evaluation's neural metrics (evaluation/neural.py).
+        ModelFolder("diffbody_metrics", os.path.join("diffbody", "metrics")),
     )
 }
 
@@ -75,13 +78,17 @@ class ModelFile:
     skip_patterns: tuple[str, ...] = field(default=())
     # SHA-256 of the published file (a single file; see download() for files and folders without one).
     sha256: str = ""
+    # A single file published outside Hugging Face (torchvision's weights): its address.
+    direct_url: str = ""
 
     @property
     def downloadable(self) -> bool:
-        return bool(self.repo_id)
+        return bool(self.repo_id or self.direct_url)
 
     @property
     def url(self) -> str:
+        if self.direct_url:
+            return self.direct_url
         if not self.downloadable:
             return ""
         if self.is_dir:
@@ -147,6 +154,13 @@ KNOWN_FILES: dict[str, ModelFile] = {
         ModelFile("marigold-normals-v1-1", "diffbody_priors", "prs-eth/marigold-normals-v1-1", is_dir=True,
                   skip_patterns=("*.fp16.safetensors",),
                   description="Marigold normals v1.1, diffusers layout (surface normals)"),
+        # The evaluation's LPIPS (AlexNet, v0.1): the lpips package's linear layers (pyiqa's copy, the same bytes)
+        # on torchvision's ImageNet AlexNet.
+        ModelFile("LPIPS_v0.1_alex-df73285e.pth", "diffbody_metrics", "chaofengc/IQA-PyTorch-Weights",
+                  description="LPIPS v0.1 linear layers for AlexNet (evaluation)"),
+        ModelFile("alexnet-owt-7be5be79.pth", "diffbody_metrics", "",
+                  direct_url="https://download.pytorch.org/models/alexnet-owt-7be5be79.pth",
+                  description="torchvision's ImageNet AlexNet, LPIPS's backbone (evaluation)"),
     )
 }
 
@@ -282,7 +296,7 @@ def require_file(filename: str, folder: str, search_dirs: list[str]) -> str:
 
 
 def download(filename: str, dest_dir: str) -> str:
-    """Fetch a known file (or model folder) from Hugging Face into `dest_dir`, with a progress bar.
+    """Fetch a known file (or model folder) from Hugging Face (or its direct address) into `dest_dir`.
 
     Only ever called when the user asked for it (the nodes' `auto_download` switch, the command
     line's `--download`). The file goes through the user's Hugging Face cache, so a copy that is
@@ -299,6 +313,8 @@ def download(filename: str, dest_dir: str) -> str:
         raise MissingDependency("Automatic download needs huggingface_hub: pip install huggingface_hub") from e
     os.makedirs(dest_dir, exist_ok=True)
     target = os.path.join(dest_dir, known.filename)
+    if known.direct_url:
+        return _download_url(known, target)
     if known.is_dir:
         snapshot = huggingface_hub.snapshot_download(known.repo_id, revision=known.revision or None,
                                                       ignore_patterns=list(known.skip_patterns) or None)
@@ -342,6 +358,37 @@ def verify_download(cached: str, known: ModelFile, catalogue_sha256: str) -> Non
             f"DiffBody: the downloaded '{os.path.basename(cached)}' for {known.filename} does not match the "
             f"{kind.upper()} in {source} (expected {expected}, got {digest.hexdigest()}); it was not put into the "
             f"models folder. Delete '{os.path.realpath(cached)}' from the Hugging Face cache and download it again.")
+
+def _download_url(known: ModelFile, target: str) -> str:
+    """A file outside Hugging Face, written under a temporary name, checked, and renamed when whole and right:
+    against the catalogue's SHA-256, else the SHA-256 prefix in a torchvision-style name (`name-<8 hex>.pth`,
+    what torch.hub checks)."""
+    import hashlib
+    import tempfile
+    import urllib.request
+
+    prefix = re.search(r"-([0-9a-f]{8,})\.[a-z]+$", known.filename)
+    expected = known.sha256 or (prefix.group(1) if prefix else "")
+    if not expected:
+        raise WrongModelFile(f"DiffBody: the catalogue has no hash for {known.filename}, so a download could not be "
+                             f"checked; download it by hand from {known.direct_url}.")
+    handle, partial = tempfile.mkstemp(prefix=f".{os.path.basename(target)}.", dir=os.path.dirname(target))
+    os.close(handle)
+    try:
+        urllib.request.urlretrieve(known.direct_url, partial)
+        digest = hashlib.sha256()
+        with open(partial, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 22), b""):
+                digest.update(chunk)
+        if not digest.hexdigest().startswith(expected.lower()):
+            raise WrongModelFile(f"DiffBody: the file downloaded from {known.direct_url} does not match its SHA-256 "
+                                 f"(expected {expected}..., got {digest.hexdigest()}); it was not put into the models "
+                                 "folder.")
+        os.replace(partial, target)
+    finally:
+        if os.path.exists(partial):
+            os.unlink(partial)
+    return target
 
 
 def _link_or_copy(src: str, dst: str) -> None:

@@ -36,14 +36,23 @@ def load_swinir(path: str) -> "ImageModelDescriptor":
     Reads the file safely (safetensors, or torch.load with weights_only=True), lets spandrel detect and
     build the network, and raises WrongModelFile if the file is anything but DiffBIR's kind of SwinIR.
     """
-    if not os.path.isfile(path):
-        raise MissingModelFile(f"DiffBody: SwinIR model file '{path}' does not exist.")
-    spandrel = _import_spandrel()
-    state_dict = spandrel.canonicalize_state_dict(read_weights(path, expected=EXPECTED))
-    _check_all_tensors(state_dict, path)
-    descriptor = _build_descriptor(spandrel, state_dict, path)
+    descriptor = load_image_model(path, expected=EXPECTED, what="SwinIR model")
     _check_is_diffbir_cleaner(descriptor, path)
-    return descriptor.eval()
+    return descriptor
+
+
+ANY_IMAGE_MODEL = "an image-to-image network spandrel recognises (Real-ESRGAN, BSRGAN, SwinIR, ...)"
+
+
+def load_image_model(path: str, *, expected: str = ANY_IMAGE_MODEL, what: str = "image model") -> "ImageModelDescriptor":
+    """Any image-to-image network spandrel builds from `path` (the evaluation's `sr:FILE` baselines), as an
+    ImageModelDescriptor (eval mode, CPU, float32); read safely, WrongModelFile for anything else."""
+    if not os.path.isfile(path):
+        raise MissingModelFile(f"DiffBody: {what} file '{path}' does not exist.")
+    spandrel = _import_spandrel()
+    state_dict = spandrel.canonicalize_state_dict(read_weights(path, expected=expected))
+    _check_all_tensors(state_dict, path, expected)
+    return _build_descriptor(spandrel, state_dict, path, expected).eval()
 
 
 def _import_spandrel():
@@ -60,28 +69,28 @@ def _import_spandrel():
     return spandrel
 
 
-def _check_all_tensors(state_dict: dict, path: str) -> None:
+def _check_all_tensors(state_dict: dict, path: str, expected: str) -> None:
     if not state_dict or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
         raise WrongModelFile(
             f"DiffBody: '{os.path.basename(path)}' does not hold a network's weights.\n"
-            f"Expected {EXPECTED}.\n(file: {path})")
+            f"Expected {expected}.\n(file: {path})")
 
 
-def _build_descriptor(spandrel, state_dict: dict, path: str) -> "ImageModelDescriptor":
+def _build_descriptor(spandrel, state_dict: dict, path: str, expected: str) -> "ImageModelDescriptor":
     name = os.path.basename(path)
     try:
         descriptor = spandrel.ModelLoader(device="cpu").load_from_state_dict(state_dict)
     except spandrel.UnsupportedModelError as e:
         raise WrongModelFile(
-            f"DiffBody: '{name}' is not a network spandrel recognises.\nExpected {EXPECTED}.\n(file: {path})") from e
+            f"DiffBody: '{name}' is not a network spandrel recognises.\nExpected {expected}.\n(file: {path})") from e
     except (RuntimeError, KeyError, ValueError, IndexError) as e:  # detected, but the weights do not fit
         raise WrongModelFile(
             f"DiffBody: '{name}' looks like a known network but its weights do not fit it ({e}).\n"
-            f"Expected {EXPECTED}.\n(file: {path})") from e
+            f"Expected {expected}.\n(file: {path})") from e
     if not isinstance(descriptor, spandrel.ImageModelDescriptor):
         raise WrongModelFile(
             f"DiffBody: '{name}' is a {descriptor.architecture.name} {descriptor.purpose} network.\n"
-            f"Expected {EXPECTED}.\n(file: {path})")
+            f"Expected {expected}.\n(file: {path})")
     return descriptor
 
 

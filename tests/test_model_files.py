@@ -31,7 +31,26 @@ def test_unknown_file_message_still_names_file_and_folder(tmp_path):
 def test_every_known_file_has_a_registered_folder():
     for known in files.KNOWN_FILES.values():
         assert known.folder in files.FOLDERS, known
-        assert known.url.startswith("https://huggingface.co/") or not known.downloadable
+        # Hugging Face, or (torchvision's AlexNet for LPIPS) PyTorch's own download server
+        assert (known.url.startswith("https://huggingface.co/") or not known.downloadable
+                or known.direct_url.startswith("https://download.pytorch.org/models/")), known
+
+
+def test_a_file_with_a_direct_address_is_downloaded_whole_under_its_name(tmp_path, monkeypatch):
+    import dataclasses
+
+    source = tmp_path / "published.pth"
+    source.write_bytes(b"alexnet bytes")
+    known = files.KNOWN_FILES["alexnet-owt-7be5be79.pth"]
+    monkeypatch.setitem(files.KNOWN_FILES, known.filename, dataclasses.replace(known, direct_url=source.as_uri()))
+    dest = tmp_path / "models" / "diffbody" / "metrics"
+    path = files.download(known.filename, str(dest))
+    assert path == str(dest / known.filename) and open(path, "rb").read() == b"alexnet bytes"
+    assert sorted(os.listdir(dest)) == [known.filename]  # no partial file left beside it
+    monkeypatch.setitem(files.KNOWN_FILES, known.filename, dataclasses.replace(known, direct_url=(tmp_path / "gone").as_uri()))
+    with pytest.raises(OSError):
+        files.download(known.filename, str(tmp_path / "other"))
+    assert os.listdir(tmp_path / "other") == []
 
 
 def _fill_hf_cache(cache, repo_id: str, filename: str, payload: bytes, blob_name: str | None = None) -> Path:
