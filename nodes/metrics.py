@@ -88,14 +88,16 @@ class ImageMetrics:
         if reference is None:
             nan = math.nan
             return (nan, nan, nan, nan, nan, "no reference image: PSNR, SSIM, LPIPS, CPSNR and CSSIM need one")
-        if reference.shape[0] not in (1, result.shape[0]) or reference.shape[1:3] != result.shape[1:3]:
-            raise ValueError(f"DiffBody Image Metrics: the reference {tuple(reference.shape[:3])} must have the "
-                             f"result's size {tuple(result.shape[1:3])}, one image or one per result "
-                             f"({result.shape[0]}); resize it first (full-reference metrics compare pixel by pixel).")
+        # grey, RGBA and unbatched IMAGEs: RGB batches, as every node takes them (sizes read after that)
+        result, reference = glue.comfy_to_bchw(result), glue.comfy_to_bchw(reference)
+        if reference.shape[0] not in (1, result.shape[0]) or reference.shape[-2:] != result.shape[-2:]:
+            raise ValueError(f"DiffBody Image Metrics: the reference ({reference.shape[0]} x "
+                             f"{tuple(reference.shape[-2:])}) must have the result's size {tuple(result.shape[-2:])}, "
+                             f"one image or one per result ({result.shape[0]}); resize it first (full-reference "
+                             "metrics compare pixel by pixel).")
         network = lpips_network(auto_download) if lpips else None
         device = glue.torch_device()
-        scores = measure(glue.comfy_to_bchw(result).to(device), glue.comfy_to_bchw(reference).to(device),
-                         crop_border=crop_border, lpips=network)
+        scores = measure(result.to(device), reference.to(device), crop_border=crop_border, lpips=network)
         line = summary_line(scores, result.shape[0], "" if lpips else "off")
         return (*(scores[name] for name in OUTPUTS), line)
 

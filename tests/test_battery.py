@@ -29,8 +29,12 @@ WIDGET_WORKFLOWS = {
     "DiffBodyMultiPriorControlNetLoader": (FULL,), "DiffBodyApplyMultiPriorControlNet": (FULL, PUBLIC),
     "DiffBodyColourAdapterLoader": (PUBLIC,), "DiffBodyApplyColourAdapter": (FULL,),
     "DiffBodyDepthNormalEstimator": (PUBLIC,), "DiffBodyBeforeAfter": (FULL,),
-    "DiffBodyStage2Canvas": (FULL,), "DiffBodyStage2BackToSize": (FULL,),
+    "DiffBodyStage2Canvas": (FULL,), "DiffBodyStage2BackToSize": (FULL,), "DiffBodyImageMetrics": (FULL,),
 }
+# Pack nodes no bundled workflow holds: added to one, fed from its nodes ({input: (node class, output)}), with
+# these widget values.
+ADDED_NODES = {"DiffBodyImageMetrics": ({"result": ("DiffBodyStage2BackToSize", 0), "reference": ("LoadImage", 0)},
+                                        {"crop_border": 0, "lpips": False, "auto_download": False})}
 # Maximum values that would run for many minutes on the CPU: interrupted at the node's first progress event
 # (the interrupt cases' check that the next prompt succeeds covers them).
 LONG_AT_MAX = {("DiffBodyStage1Sampler", "steps"), ("DiffBodyLlavaCaption", "max_new_tokens")}
@@ -134,11 +138,20 @@ def test_images_through_load_image(battery):
     assert all(c.outcome == "ok" for c in cases), [(c.workflow, c.name, c.message) for c in cases if c.outcome != "ok"]
 
 
+def with_node(prompt: dict, class_type: str) -> dict:
+    """`prompt` holding `class_type`: as it is, or with the node added (ADDED_NODES)."""
+    if class_type not in ADDED_NODES or nodes_of(prompt, class_type):
+        return prompt
+    links, widgets = ADDED_NODES[class_type]
+    inputs = {name: [nodes_of(prompt, source)[0], index] for name, (source, index) in links.items()}
+    return {**prompt, f"battery_{class_type}": {"class_type": class_type, "inputs": {**inputs, **widgets}}}
+
+
 def widget_cases(object_info: dict, bad_files: dict, class_type: str) -> list[Case]:
     bad_names = {name for names in bad_files.values() for name in names}
     cases = []
     for workflow in WIDGET_WORKFLOWS[class_type]:
-        prompt = base_prompt(workflow, native_size=True)
+        prompt = with_node(base_prompt(workflow, native_size=True), class_type)
         [node_id] = nodes_of(prompt, class_type)[:1]
         graph = case_graph(prompt, node_id, object_info)
         spec = object_info[class_type]["input"]
@@ -180,7 +193,7 @@ def variant_cases(object_info: dict) -> list[Case]:
     cases = []
     for class_type, workflows in WIDGET_WORKFLOWS.items():
         workflow = workflows[0]
-        prompt = base_prompt(workflow, native_size=True)
+        prompt = with_node(base_prompt(workflow, native_size=True), class_type)
         [node_id] = nodes_of(prompt, class_type)[:1]
         graph = case_graph(prompt, node_id, object_info)
         image_inputs = [name for name, spec in object_info[class_type]["input"]["required"].items()

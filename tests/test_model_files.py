@@ -42,8 +42,14 @@ def test_a_file_with_a_direct_address_is_downloaded_whole_under_its_name(tmp_pat
     source = tmp_path / "published.pth"
     source.write_bytes(b"alexnet bytes")
     known = files.KNOWN_FILES["alexnet-owt-7be5be79.pth"]
+    assert not known.sha256  # checked against the SHA-256 prefix in its torchvision-style name
     monkeypatch.setitem(files.KNOWN_FILES, known.filename, dataclasses.replace(known, direct_url=source.as_uri()))
     dest = tmp_path / "models" / "diffbody" / "metrics"
+    with pytest.raises(files.WrongModelFile, match="does not match its SHA-256"):  # not the published bytes
+        files.download(known.filename, str(dest))
+    assert os.listdir(dest) == []  # neither the file nor a partial one
+    published = dataclasses.replace(known, direct_url=source.as_uri(), sha256=hashlib.sha256(b"alexnet bytes").hexdigest())
+    monkeypatch.setitem(files.KNOWN_FILES, known.filename, published)
     path = files.download(known.filename, str(dest))
     assert path == str(dest / known.filename) and open(path, "rb").read() == b"alexnet bytes"
     assert sorted(os.listdir(dest)) == [known.filename]  # no partial file left beside it
