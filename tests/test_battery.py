@@ -15,8 +15,9 @@ from collections import Counter
 
 import pytest
 
-from battery_cases import (WORKFLOWS, Case, base_prompt, case_graph, classify_error, finish_case, mirror_models_dir,
-                           nodes_of, run_case, table, widget_values, write_battery_images, write_model_file_cases)
+from battery_cases import (SIZE_CASES, WORKFLOWS, Case, base_prompt, case_graph, classify_error, finish_case,
+                           mirror_models_dir, nodes_of, run_case, table, widget_values, write_battery_images,
+                           write_model_file_cases)
 from comfy_harness import ComfyServer, make_base_dir
 
 pytestmark = pytest.mark.battery
@@ -126,10 +127,13 @@ def test_a_planted_outbound_connection_is_refused_in_both_processes(battery, no_
 
 
 def test_images_through_load_image(battery):
-    """Each image through the three workflows in a row: priors, then full (its stage 1 is the one priors just
-    ran, cached), then public (its stage 0 is cached)."""
-    cases = [Case("image", workflow, image, base_prompt(workflow, image), timeout=600)
-             for image in battery["images"] for workflow in (PRIORS, FULL, PUBLIC)
+    """Each size through the three workflows in a row, as shipped (the bucket canvases): priors, then full (its
+    stage 1 is the one priors just ran, cached), then public (its stage 0 is cached). Each format (grey, 16-bit,
+    palette, CMYK, alpha, EXIF rotation, frames, truncated, black) through stages 0 and 1 (priors) at its own size:
+    after Load Image and SwinIR every later node sees the same RGB float image whatever the file was."""
+    cases = [Case("image", workflow, image, base_prompt(workflow, image, native_size=image not in SIZE_CASES),
+                  timeout=600)
+             for image in battery["images"] for workflow in ((PRIORS, FULL, PUBLIC) if image in SIZE_CASES else (PRIORS,))
              if (image, workflow) not in SKIPPED_IMAGE_CASES]
     _run_all(battery, cases)
     RAN.add("images")

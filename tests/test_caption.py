@@ -36,7 +36,7 @@ def tiny_llava(tiny_llava_dir):
 
 
 @pytest.fixture
-def no_network(monkeypatch):
+def offline_hub_and_no_sockets(monkeypatch):
     """HF_HUB_OFFLINE=1, and any attempt to open a connection fails the test."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
@@ -71,7 +71,7 @@ def test_tiny_folder_has_the_llava_hf_layout(tiny_llava_dir):
                         "multi_modal_projector.linear_1", "multi_modal_projector.linear_2"}
 
 
-def test_loads_offline_with_every_weight_from_the_files(tiny_llava_dir, no_network):
+def test_loads_offline_with_every_weight_from_the_files(tiny_llava_dir, offline_hub_and_no_sockets):
     from safetensors.torch import load_file
 
     model, processor = load_llava(tiny_llava_dir, dtype="float32")
@@ -87,7 +87,7 @@ def test_loads_offline_with_every_weight_from_the_files(tiny_llava_dir, no_netwo
     assert processor.patch_size == 8
 
 
-def test_captions_a_batch_offline(tiny_llava, no_network):
+def test_captions_a_batch_offline(tiny_llava, offline_hub_and_no_sockets):
     model, processor = tiny_llava
     captions = caption_images(model, processor, _images(2), max_new_tokens=12)
     assert len(captions) == 2
