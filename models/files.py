@@ -349,15 +349,22 @@ def verify_download(cached: str, known: ModelFile, catalogue_sha256: str) -> Non
         raise WrongModelFile(f"DiffBody: the downloaded '{cached}' ({known.filename}) has no hash to check it "
                              "against; it was not put into the models folder. Download it by hand from "
                              f"{known.url or known.repo_id}.")
-    digest = hashlib.sha256() if kind == "sha256" else hashlib.sha1(b"blob %d\0" % os.path.getsize(cached))
-    with open(cached, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            digest.update(chunk)
-    if digest.hexdigest() != expected.lower():
+    digest = _hash_file(cached, hashlib.sha256() if kind == "sha256"
+                        else hashlib.sha1(b"blob %d\0" % os.path.getsize(cached)))
+    if digest != expected.lower():
         raise WrongModelFile(
             f"DiffBody: the downloaded '{os.path.basename(cached)}' for {known.filename} does not match the "
-            f"{kind.upper()} in {source} (expected {expected}, got {digest.hexdigest()}); it was not put into the "
+            f"{kind.upper()} in {source} (expected {expected}, got {digest}); it was not put into the "
             f"models folder. Delete '{os.path.realpath(cached)}' from the Hugging Face cache and download it again.")
+
+
+def _hash_file(path: str, digest) -> str:
+    """`digest` (a hashlib object, possibly primed) fed the file's bytes in 4 MiB chunks: its hex digest."""
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
 
 def _download_url(known: ModelFile, target: str) -> str:
     """A file outside Hugging Face, written under a temporary name, checked, and renamed when whole and right:
@@ -376,14 +383,10 @@ def _download_url(known: ModelFile, target: str) -> str:
     os.close(handle)
     try:
         urllib.request.urlretrieve(known.direct_url, partial)
-        digest = hashlib.sha256()
-        with open(partial, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 22), b""):
-                digest.update(chunk)
-        if not digest.hexdigest().startswith(expected.lower()):
+        digest = _hash_file(partial, hashlib.sha256())
+        if not digest.startswith(expected.lower()):
             raise WrongModelFile(f"DiffBody: the file downloaded from {known.direct_url} does not match its SHA-256 "
-                                 f"(expected {expected}..., got {digest.hexdigest()}); it was not put into the models "
-                                 "folder.")
+                                 f"(expected {expected}..., got {digest}); it was not put into the models folder.")
         os.replace(partial, target)
     finally:
         if os.path.exists(partial):
