@@ -648,21 +648,15 @@ def pipeline_method_args(spec, args) -> argparse.Namespace:
 def _pipeline_method(spec, method_args, models_dir: _ModelsDir, device):
     from .evaluation.methods import Method
 
-    def make_restorer():
-        from .pipelines import restore as pipeline
+    def make_job(images):
+        from .pipelines.restore import RestoreJob
 
         folder = models_dir()
         hint = f"leave '{spec.text}' out of --methods to evaluate the others; "
         models = model_paths(method_args, resolve_files(method_args, folder, hint), folder)
-        options, configs = restore_options(method_args, device), network_configs(method_args, folder)
+        return RestoreJob(images, models, restore_options(method_args, device), network_configs(method_args, folder))
 
-        def run(images):
-            results = pipeline.restore_images(images, models, options, network_configs=configs)
-            return [result.cleaned if method_args.stage0_only else result.restored for result in results]
-
-        return run
-
-    return Method(spec, make_restorer)
+    return Method(spec, make_job=make_job)
 
 
 def evaluation_scorer(args, models_dir: Path, device):

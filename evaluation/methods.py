@@ -20,9 +20,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
+
+if TYPE_CHECKING:
+    from ..pipelines.restore import RestoreJob
 
 PIPELINE_METHODS = ("stage0", "public", "diffbody")
 DEFAULT_METHODS = ("bicubic", "stage0", "public", "diffbody")
@@ -105,11 +108,14 @@ Restorer = Callable[[list[torch.Tensor]], list[torch.Tensor]]
 class Method:
     """A method ready to run. `make_restorer` is called only when some result is missing (a rerun with every
     result written loads nothing); `takes` says which image it is fed: "lq" (the degraded image itself) or
-    "upsampled" (the LQ at the HQ's size). A folder method has neither: its results are found, not made."""
+    "upsampled" (the LQ at the HQ's size). A folder method has neither: its results are found, not made.
+    A pipeline method has `make_job` instead: its images -> a RestoreJob (pipelines/restore.py), so that all
+    pipeline methods run in one restore_jobs call and share their networks (each loaded once in the run)."""
 
     spec: MethodSpec
     make_restorer: Callable[[], Restorer] | None = None
     takes: str = "upsampled"
+    make_job: "Callable[[list[torch.Tensor]], RestoreJob] | None" = None
     _restorer: Restorer | None = None
 
     @property

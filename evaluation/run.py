@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from ..pipelines.image import chw_to_uint8, uint8_to_chw
-from ..pipelines.restore import Progress, tqdm_progress
+from ..pipelines.restore import Progress, restore_jobs, tqdm_progress
 from ..training.degradations import PRESETS, SR_FACTOR, apply_preset, quantize_8bit, resize
 from ..training.prepare_data import IMAGE_SUFFIXES, save_png
 from .methods import Method
@@ -130,9 +130,11 @@ def result_path(config: EvalConfig, method: Method, case: Case) -> Path | None:
 
 def restore_missing(config: EvalConfig, methods: list[Method], cases: list[Case],
                     progress: Progress = tqdm_progress) -> dict[str, int]:
-    """Write every missing result, each method in one call over all its missing cases (its networks load
-    once); returns {method: results written}. A folder method writes nothing."""
-    written = {}
+    """Write every missing result; returns {method: results written}. Each method runs once over all its
+    missing cases, and the pipeline methods all together in one restore_jobs call, so every network loads
+    once in the run (SwinIR, the pose model, LLaVA and SDXL serve several methods). A folder method writes
+    nothing."""
+    written, jobs = {}, []
     for method in methods:
         if method.spec.kind == "folder":
             continue
@@ -143,12 +145,23 @@ def restore_missing(config: EvalConfig, methods: list[Method], cases: list[Case]
         print(f"{method.label}: restoring {len(pending)} image(s) "
               f"({len(cases) - len(pending)} already in {config.out / 'results' / method.label})", flush=True)
         inputs = [case.lq if method.takes == "lq" else case.upsampled for case in pending]
-        results = method.restore(inputs)
-        with progress(f"saving {method.label}", len(pending), "image") as bar:
-            for case, result in zip(pending, results):
-                save_png(result_path(config, method, case), chw_to_uint8(result))
-                bar.update(1)
+        if method.make_job is not None:
+            jobs.append((method, pending, method.make_job(inputs)))
+        else:
+            _save_results(config, method, pending, method.restore(inputs), progress)
+    if jobs:
+        restore_jobs([job for _, _, job in jobs], progress)
+        for method, pending, job in jobs:
+            _save_results(config, method, pending, [result.final for result in job.results], progress)
     return written
+
+
+def _save_results(config: EvalConfig, method: Method, cases: list[Case], results: list[torch.Tensor],
+                  progress: Progress) -> None:
+    with progress(f"saving {method.label}", len(cases), "image") as bar:
+        for case, result in zip(cases, results):
+            save_png(result_path(config, method, case), chw_to_uint8(result))
+            bar.update(1)
 
 
 def conform(result: torch.Tensor, case: Case) -> tuple[torch.Tensor, str]:

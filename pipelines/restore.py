@@ -20,6 +20,7 @@ their results back to I_ir's size, so every output has the size of the input tim
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 from dataclasses import dataclass, field
 from typing import Callable, ContextManager, Mapping
@@ -94,6 +95,11 @@ class RestoreResult:
     recaption: str = ""  # p' (empty without captioning or re-captioning)
     restored: torch.Tensor | None = None  # stage 2's result
 
+    @property
+    def final(self) -> torch.Tensor:
+        """What the run made last: stage 2's result, or I_ir when it stopped after stage 0."""
+        return self.cleaned if self.restored is None else self.restored
+
 
 # progress(description, total, unit) -> a context-managed bar with update(n) (a tqdm bar).
 Progress = Callable[[str, int, str], ContextManager]
@@ -116,104 +122,240 @@ def restore_images(images: list[torch.Tensor], models: ModelPaths, options: Rest
                    network_configs: NetworkConfigs | None = None) -> list[RestoreResult]:
     """Degraded images, each (1, 3, H, W) float in 0..1 (sizes may differ) -> one RestoreResult each.
     network_configs: only for networks of other shapes than the released ones (the --tiny plumbing check)."""
-    if options.mode not in MODES:
-        raise ValueError(f"unknown mode {options.mode!r}; choose one of {', '.join(MODES)}")
-    public = options.mode == "public"
-    captioner = _load_captioner(models, options)
-    recaption = captioner is not None and options.recaption and not public
-    results = _run_stage0(images, models, captioner, options, progress, keep_captioner=recaption)
-    if options.stage0_only:
-        return results
-    if public:
-        del captioner
+    job = RestoreJob(images, models, options, dict(network_configs or {}))
+    restore_jobs([job], progress)
+    return job.results
+
+
+@dataclass
+class RestoreJob:
+    """Images to restore with one set of files and options (one evaluation method, one restore command);
+    restore_jobs fills `results`, one per image."""
+
+    images: list[torch.Tensor]
+    models: ModelPaths
+    options: RestoreOptions
+    network_configs: NetworkConfigs = field(default_factory=dict)
+    results: list[RestoreResult] = field(default_factory=list)
+    # per image: what its stage-0 work depends on (the image itself, the files, the settings); equal keys
+    # share their work across jobs
+    _keys: list[tuple] = field(default_factory=list, repr=False)
+
+    @property
+    def public(self) -> bool:
+        return self.options.mode == "public"
+
+    @property
+    def runs_stage1(self) -> bool:
+        return not self.options.stage0_only and not self.public
+
+    @property
+    def recaptions(self) -> bool:
+        return self.runs_stage1 and self.models.llava is not None and self.options.recaption
+
+
+def restore_jobs(jobs: list[RestoreJob], progress: Progress = tqdm_progress) -> None:
+    """Every job's results, stage by stage across all the jobs, so each network is loaded once in the run
+    (several methods of one evaluation share SwinIR, the pose model, LLaVA and SDXL) and, as in a single
+    restore, released when its stage is over. Work that jobs share is done once: stage 0 of the same image
+    object with the same files and stage-0 settings, stage 1 of it with the same stage-1 settings, the
+    public estimators' priors. Within a stage, the jobs run grouped by the files they load, and only one
+    network of each kind is held at a time (two SDXL files never sit in memory together)."""
+    for job in jobs:
+        if job.options.mode not in MODES:
+            raise ValueError(f"unknown mode {job.options.mode!r}; choose one of {', '.join(MODES)}")
+        job.results, job._keys = [], []
+    # LLaVA is needed twice (p on I_ir, p' on I_res): loaded once, on the CPU in between.
+    captioners = _Held()
+    _run_stage0(jobs, captioners, progress)
+    recaptioning = [job for job in jobs if job.recaptions]
+    captioners.keep_only({_captioner_key(job) for job in recaptioning}, device="cpu")
+    _run_stage1([job for job in jobs if job.runs_stage1], progress)
+    _recaption_jobs(recaptioning, captioners, progress)
+    captioners.release()
+    _estimate_depth_normal([job for job in jobs if job.public and not job.options.stage0_only], progress)
+    _run_stage2([job for job in jobs if not job.options.stage0_only], progress)
+
+
+class _Held:
+    """The networks of one stage, each loaded once by its key; a key's first item is its kind, and loading
+    another network of a kind drops the one held (callers order their work by key, so nothing reloads)."""
+
+    def __init__(self):
+        self._held: dict[tuple, object] = {}
+
+    def get(self, key: tuple, load: Callable[[], object]):
+        if key not in self._held:
+            stale = [held for held in self._held if held[0] == key[0]]
+            for held in stale:
+                del self._held[held]
+            if stale:
+                _release()
+            self._held[key] = load()
+        return self._held[key]
+
+    def keep_only(self, keys: set, device: str) -> None:
+        """Drop every network but `keys`, and move those to `device` (their device memory goes to the next
+        stage meanwhile)."""
+        for key in list(self._held):
+            if key in keys:
+                self._held[key].to(device)
+            else:
+                del self._held[key]
         _release()
-        _estimate_depth_normal(results, models, options, progress)
-    else:
-        _run_stage1(results, models, options, progress, network_configs or {})
-        if recaption:
-            _recaption(results, captioner, options, progress)
-        del captioner
+
+    def release(self) -> None:
+        self._held.clear()
         _release()
-    _run_stage2(results, models, options, progress, network_configs or {})
-    return results
+
+
+def _key(*parts) -> tuple:
+    """A hashable key from files, settings and configs (dicts and dataclasses by their text)."""
+    return tuple(part if isinstance(part, (str, int, float, type(None))) else repr(part) for part in parts)
+
+
+def _by_key(jobs: list[RestoreJob], keys: Callable[[RestoreJob], tuple[tuple, ...]]) -> list[RestoreJob]:
+    """The jobs ordered so that jobs loading the same networks run one after the other: by their first
+    network's key, then the second's..., each key ranked by where it first appears (a stable sort)."""
+    ranks: list[dict] = []
+    for job in jobs:
+        for position, key in enumerate(keys(job)):
+            if position == len(ranks):
+                ranks.append({})
+            ranks[position].setdefault(key, len(ranks[position]))
+    return sorted(jobs, key=lambda job: [ranks[i][key] for i, key in enumerate(keys(job))])
 
 
 # -- stages ------------------------------------------------------------------------------------------------
 
-def _load_captioner(models: ModelPaths, options: RestoreOptions):
-    if models.llava is None:
-        return None
+def _captioner_key(job: RestoreJob) -> tuple:
+    return _key("llava", job.models.llava, job.options.device)
+
+
+def _load_captioner(llava: str, device: str):
     from .caption import LlavaCaptioner
 
-    return LlavaCaptioner.load(models.llava, device=options.device)
+    return LlavaCaptioner.load(llava, device=device)
 
 
-def _run_stage0(images, models: ModelPaths, captioner, options: RestoreOptions, progress, *,
-                keep_captioner: bool) -> list[RestoreResult]:
+def _stage0_networks_key(job: RestoreJob) -> tuple:
+    m = job.models
+    return _key("stage0", m.swinir, m.pose_backend, sorted(m.pose_files.items()), job.options.device)
+
+
+def _run_stage0(jobs: list[RestoreJob], captioners: _Held, progress) -> None:
     from ..models.swinir import load_swinir
     from .pose.backends import make_estimator
 
-    swinir = load_swinir(models.swinir)
-    estimator = make_estimator(models.pose_backend, models.pose_files, device=str(options.device))
-    results = []
-    with progress("stage 0 (cleanup, pose, caption)", len(images), "image") as bar:
-        for image in images:
-            out = run_stage0(image, swinir=swinir, pose_estimator=estimator, captioner=captioner,
-                             options=options.stage0, device=torch.device(options.device))
-            results.append(RestoreResult(out.cleaned[0], out.pose_images[0], out.keypoints[0],
-                                         out.captions[0] if out.captions else ""))
-            bar.update(1)
-    if keep_captioner and not options.stage0_only:
-        captioner.to("cpu")  # back for the re-caption; its device memory goes to stage 1 meanwhile
-    del swinir, estimator
-    _release()
-    return results
+    networks, done = _Held(), {}
+    with progress("stage 0 (cleanup, pose, caption)", sum(len(job.images) for job in jobs), "image") as bar:
+        for job in _by_key(jobs, lambda job: (_stage0_networks_key(job), _captioner_key(job))):
+            m, device = job.models, job.options.device
+            captioner = None if m.llava is None else captioners.get(_captioner_key(job),
+                                                                    lambda: _load_captioner(m.llava, device))
+            swinir = networks.get(_key("swinir", m.swinir), lambda: load_swinir(m.swinir))
+            estimator = networks.get(_key("pose", *_stage0_networks_key(job)[2:]),
+                                     lambda: make_estimator(m.pose_backend, m.pose_files, device=str(device)))
+            for image in job.images:
+                key = (id(image), _stage0_networks_key(job), _key(m.llava, job.options.stage0))
+                if key not in done:
+                    out = run_stage0(image, swinir=swinir, pose_estimator=estimator, captioner=captioner,
+                                     options=job.options.stage0, device=torch.device(device))
+                    done[key] = RestoreResult(out.cleaned[0], out.pose_images[0], out.keypoints[0],
+                                              out.captions[0] if out.captions else "")
+                job.results.append(dataclasses.replace(done[key]))
+                job._keys.append(key)
+                bar.update(1)
+    networks.release()
 
 
-def _run_stage1(results: list[RestoreResult], models: ModelPaths, options: RestoreOptions, progress,
-                network_configs: NetworkConfigs) -> None:
+def _stage1_networks_key(job: RestoreJob) -> tuple:
+    m, o = job.models, job.options
+    return _key("stage1", m.sd21, m.sd21_tokenizer, job.network_configs.get("sd21"), m.stage1_unet,
+                m.stage1_controlnet, o.device, o.dtype)
+
+
+def _load_stage1(job: RestoreJob):
     from ..models.single_file import load_sd21
     from ..models.stage1_weights import load_stage1_controlnet, load_stage1_unet
-    from .stage1 import DEFAULT_STEPS, Stage1Pipeline
+    from .stage1 import Stage1Pipeline
 
-    device, dtype = options.device, options.dtype
-    components = load_sd21(models.sd21, tokenizer_source=models.sd21_tokenizer, configs=network_configs.get("sd21"),
+    m, device, dtype = job.models, job.options.device, job.options.dtype
+    components = load_sd21(m.sd21, tokenizer_source=m.sd21_tokenizer, configs=job.network_configs.get("sd21"),
                            device=device, dtype=dtype)
-    unet = load_stage1_unet(models.stage1_unet, device=device, dtype=dtype)
-    controlnet = load_stage1_controlnet(models.stage1_controlnet, device=device, dtype=dtype)
-    pipeline = Stage1Pipeline(unet, controlnet, components.vae, components.text_encoder)
-    steps = options.stage1_steps or DEFAULT_STEPS[options.stage1_scheduler]
-    with progress("stage 1 (I_res, depth, normal)", len(results), "image") as images_bar:
-        for result in results:
-            with progress("  stage-1 steps", steps, "step") as steps_bar:
-                out = pipeline(result.cleaned[None], result.pose_image[None], [result.caption],
-                               options.negative_prompt, steps=steps, scheduler=options.stage1_scheduler,
-                               cfg=options.stage1_cfg, seed=options.seed, size_mode=options.size_mode,
-                               progress=lambda done, total: steps_bar.update(1))
-            result.stage1, result.depth, result.normal = out.rgb[0], out.depth[0], out.normal[0]
-            images_bar.update(1)
-    del pipeline, unet, controlnet, components
-    _release()
+    unet = load_stage1_unet(m.stage1_unet, device=device, dtype=dtype)
+    controlnet = load_stage1_controlnet(m.stage1_controlnet, device=device, dtype=dtype)
+    return Stage1Pipeline(unet, controlnet, components.vae, components.text_encoder)
 
 
-def _estimate_depth_normal(results: list[RestoreResult], models: ModelPaths, options: RestoreOptions,
-                           progress) -> None:
+def _run_stage1(jobs: list[RestoreJob], progress) -> None:
+    if not jobs:
+        return
+    from .stage1 import DEFAULT_STEPS
+
+    networks, done = _Held(), {}
+    with progress("stage 1 (I_res, depth, normal)", sum(len(job.images) for job in jobs), "image") as images_bar:
+        for job in _by_key(jobs, lambda job: (_stage1_networks_key(job),)):
+            o = job.options
+            pipeline = networks.get(_stage1_networks_key(job), lambda: _load_stage1(job))
+            steps = o.stage1_steps or DEFAULT_STEPS[o.stage1_scheduler]
+            settings = _key(o.negative_prompt, o.stage1_scheduler, steps, o.stage1_cfg, o.seed, o.size_mode)
+            for index, result in enumerate(job.results):
+                key = (job._keys[index], _stage1_networks_key(job), settings)
+                if key not in done:
+                    with progress("  stage-1 steps", steps, "step") as steps_bar:
+                        out = pipeline(result.cleaned[None], result.pose_image[None], [result.caption],
+                                       o.negative_prompt, steps=steps, scheduler=o.stage1_scheduler, cfg=o.stage1_cfg,
+                                       seed=o.seed, size_mode=o.size_mode,
+                                       progress=lambda done, total: steps_bar.update(1))
+                    done[key] = out.rgb[0], out.depth[0], out.normal[0]
+                result.stage1, result.depth, result.normal = done[key]
+                job._keys[index] = key
+                images_bar.update(1)
+    networks.release()
+
+
+def _recaption_jobs(jobs: list[RestoreJob], captioners: _Held, progress) -> None:
+    """p' = LLaVA(I_res) for each job that re-captions; an I_res two jobs share is captioned once."""
+    done = {}
+    for job in jobs:
+        captioner = captioners.get(_captioner_key(job), lambda: None)
+        captioner.to(job.options.device)
+        s0 = job.options.stage0
+        settings = _key(job.models.llava, s0.caption_prompt, s0.max_new_tokens, s0.seed)
+        pending = [result for key, result in zip(job._keys, job.results) if (key, settings) not in done]
+        _recaption(pending, captioner, job.options, progress)
+        for key, result in zip(job._keys, job.results):
+            result.recaption = done.setdefault((key, settings), result.recaption)
+
+
+def _estimator_key(job: RestoreJob) -> tuple:
+    m, o = job.models, job.options
+    return _key("estimator", m.depth_model, m.normal_model, o.device, o.dtype, o.seed)
+
+
+def _estimate_depth_normal(jobs: list[RestoreJob], progress) -> None:
     """Public-weights mode: I_depth and I_normal from the public estimators, on I_ir."""
+    if not jobs:
+        return
     from .depth_normal import load_depth_normal_estimator
 
-    estimator = load_depth_normal_estimator(models.depth_model, models.normal_model, device=options.device,
-                                            dtype=options.dtype, seed=options.seed)
-    with progress("depth and normal priors", len(results), "image") as bar:
-        for result in results:
-            depth, normal = estimator.estimate(result.cleaned[None])
-            result.depth, result.normal = depth[0], normal[0]
-            bar.update(1)
-    del estimator
-    _release()
+    networks, done = _Held(), {}
+    with progress("depth and normal priors", sum(len(job.images) for job in jobs), "image") as bar:
+        for job in _by_key(jobs, lambda job: (_estimator_key(job),)):
+            m, o = job.models, job.options
+            estimator = networks.get(_estimator_key(job), lambda: load_depth_normal_estimator(
+                m.depth_model, m.normal_model, device=o.device, dtype=o.dtype, seed=o.seed))
+            for key, result in zip(job._keys, job.results):
+                if (key, _estimator_key(job)) not in done:
+                    depth, normal = estimator.estimate(result.cleaned[None])
+                    done[key, _estimator_key(job)] = depth[0], normal[0]
+                result.depth, result.normal = done[key, _estimator_key(job)]
+                bar.update(1)
+    networks.release()
 
 
 def _recaption(results: list[RestoreResult], captioner, options: RestoreOptions, progress) -> None:
-    captioner.to(options.device)
     s0 = options.stage0
     with progress("re-caption p' on I_res", len(results), "image") as bar:
         for result in results:
@@ -223,44 +365,63 @@ def _recaption(results: list[RestoreResult], captioner, options: RestoreOptions,
             bar.update(1)
 
 
-def _run_stage2(results: list[RestoreResult], models: ModelPaths, options: RestoreOptions, progress,
-                network_configs: NetworkConfigs) -> None:
-    pipeline = _load_stage2(models, options, network_configs)
-    strengths = dict(zip(PRIORS, options.strengths))
-    with progress("stage 2 (final restoration)", len(results), "image") as images_bar:
-        for result in results:
-            settings = _stage2_settings(result, strengths, options)
-            with progress("  stage-2 steps", settings.steps, "step") as steps_bar:
-                result.restored = _restore_one(pipeline, result, settings, options,
-                                               lambda done, total: steps_bar.update(1))
-            images_bar.update(1)
-    del pipeline
-    _release()
+def _stage2_keys(job: RestoreJob) -> tuple[tuple, tuple, tuple, tuple]:
+    """The stage-2 networks' keys: SDXL, CLIP vision, the prior ControlNet, the colour adapter."""
+    m, o, configs = job.models, job.options, job.network_configs
+    placed = (o.device, o.dtype)
+    control = (_key("control", "union", m.union_controlnet, configs.get("union_controlnet"), *placed) if job.public
+               else _key("control", "multiprior", m.stage2_controlnet, *placed))
+    return (_key("sdxl", m.sdxl, m.sdxl_tokenizer, configs.get("sdxl"), *placed),
+            _key("clip_vision", m.clip_vision, configs.get("clip_vision"), *placed), control,
+            _key("adapter", m.colour_adapter, m.sdxl, configs.get("sdxl"), *placed))
 
 
-def _load_stage2(models: ModelPaths, options: RestoreOptions, network_configs: NetworkConfigs):
+def _run_stage2(jobs: list[RestoreJob], progress) -> None:
+    if not jobs:
+        return
+    networks = _Held()
+    with progress("stage 2 (final restoration)", sum(len(job.images) for job in jobs), "image") as images_bar:
+        for job in _by_key(jobs, _stage2_keys):
+            pipeline = _stage2_pipeline(job, networks)
+            strengths = dict(zip(PRIORS, job.options.strengths))
+            for result in job.results:
+                settings = _stage2_settings(result, strengths, job.options)
+                with progress("  stage-2 steps", settings.steps, "step") as steps_bar:
+                    result.restored = _restore_one(pipeline, result, settings, job.options,
+                                                   lambda done, total: steps_bar.update(1))
+                images_bar.update(1)
+    networks.release()
+
+
+def _stage2_pipeline(job: RestoreJob, networks: _Held):
     from ..models.colour_adapter import load_colour_adapter
     from ..models.sdxl_components import load_clip_vision
     from ..models.single_file import load_sdxl
     from .stage2 import Stage2Pipeline
 
-    device, dtype = options.device, options.dtype
+    m, configs = job.models, job.network_configs
+    device, dtype = job.options.device, job.options.dtype
+    sdxl_key, clip_key, control_key, adapter_key = _stage2_keys(job)
     # SDXL's original VAE overflows in fp16: it stays float32 (load_sdxl's default).
-    unet, vae, text_encoders = load_sdxl(models.sdxl, tokenizer_source=models.sdxl_tokenizer,
-                                         configs=network_configs.get("sdxl"), device=device, dtype=dtype)
-    if options.mode == "public":
-        from ..models.union_controlnet import load_union_controlnet
-        from .union_control import UnionPriorControl
+    unet, vae, text_encoders = networks.get(sdxl_key, lambda: load_sdxl(
+        m.sdxl, tokenizer_source=m.sdxl_tokenizer, configs=configs.get("sdxl"), device=device, dtype=dtype))
 
-        controlnet = UnionPriorControl(load_union_controlnet(models.union_controlnet, device=device, dtype=dtype,
-                                                             config=network_configs.get("union_controlnet")))
-    else:
+    def load_control():
+        if job.public:
+            from ..models.union_controlnet import load_union_controlnet
+            from .union_control import UnionPriorControl
+
+            return UnionPriorControl(load_union_controlnet(m.union_controlnet, device=device, dtype=dtype,
+                                                           config=configs.get("union_controlnet")))
         from ..models.stage2_weights import load_multiprior
 
-        controlnet = load_multiprior(models.stage2_controlnet, dtype=dtype).to(device)
-    adapter = load_colour_adapter(models.colour_adapter, unet.config, dtype=dtype).to(device)
-    image_encoder = load_clip_vision(models.clip_vision, device=device, dtype=dtype,
-                                     config=network_configs.get("clip_vision"))
+        return load_multiprior(m.stage2_controlnet, dtype=dtype).to(device)
+
+    controlnet = networks.get(control_key, load_control)
+    adapter = networks.get(adapter_key, lambda: load_colour_adapter(m.colour_adapter, unet.config,
+                                                                    dtype=dtype).to(device))
+    image_encoder = networks.get(clip_key, lambda: load_clip_vision(m.clip_vision, device=device, dtype=dtype,
+                                                                   config=configs.get("clip_vision")))
     return Stage2Pipeline(unet, vae, text_encoders, controlnet, adapter, image_encoder)
 
 

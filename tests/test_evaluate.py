@@ -49,15 +49,48 @@ class Counter:
         monkeypatch.setattr(module, name, counted)
 
 
+# Every loader a pipeline method's run can call: (module, name). Each call is recorded with the file it loads.
+PIPELINE_LOADERS = (("models.swinir", "load_swinir"), ("pipelines.pose.backends", "make_estimator"),
+                    ("models.single_file", "load_sd21"), ("models.stage1_weights", "load_stage1_unet"),
+                    ("models.stage1_weights", "load_stage1_controlnet"),
+                    ("pipelines.depth_normal", "load_depth_normal_estimator"), ("models.single_file", "load_sdxl"),
+                    ("models.union_controlnet", "load_union_controlnet"), ("models.stage2_weights", "load_multiprior"),
+                    ("models.colour_adapter", "load_colour_adapter"), ("models.sdxl_components", "load_clip_vision"))
+
+
+class LoadLog:
+    """Every network load of the run: (loader, what it was given), the captioner's class method included."""
+
+    def __init__(self, monkeypatch):
+        import importlib
+
+        from comfyui_diffbody.pipelines.caption import LlavaCaptioner
+
+        self.loads: list[tuple[str, str]] = []
+        for module_name, name in PIPELINE_LOADERS:
+            module = importlib.import_module(f"comfyui_diffbody.{module_name}")
+            monkeypatch.setattr(module, name, self._logged(name, getattr(module, name)))
+        load_captioner = LlavaCaptioner.load.__func__
+        monkeypatch.setattr(LlavaCaptioner, "load", classmethod(
+            lambda cls, *args, **kwargs: self._logged("LlavaCaptioner.load", load_captioner)(cls, *args, **kwargs)))
+
+    def _logged(self, name, loader):
+        def logged(*args, **kwargs):
+            given = [arg for arg in args if not isinstance(arg, type)]
+            self.loads.append((name, repr(given[:2])))
+            return loader(*args, **kwargs)
+
+        return logged
+
+
 def count_work(monkeypatch) -> dict[str, Counter]:
-    """Restore calls, and every model load the run could make: the tiny factory, SwinIR (each pipeline's
-    first network), spandrel's loader (sr:)."""
+    """Restore calls, and model loads the run could make outside the pipelines: the tiny factory, spandrel's
+    loader (sr:); the pipelines' loads are in LoadLog."""
+    from comfyui_diffbody.evaluation import run
     from comfyui_diffbody.models import swinir
-    from comfyui_diffbody.pipelines import restore
     from comfyui_diffbody.testing import tiny
 
-    return {"restore": Counter(monkeypatch, restore, "restore_images"),
-            "swinir": Counter(monkeypatch, swinir, "load_swinir"),
+    return {"restore": Counter(monkeypatch, run, "restore_jobs"),
             "image_model": Counter(monkeypatch, swinir, "load_image_model"),
             "tiny_factory": Counter(monkeypatch, tiny, "build_models_dir")}
 
@@ -70,10 +103,14 @@ def test_end_to_end_on_two_photos_five_presets_and_every_kind_of_method(hq_folde
     # --models-dir: where the metrics' files would be (none there: LPIPS missing); the pipelines are tiny
     argv = ["evaluate", str(hq_folder), "--out", str(out), "--methods", *METHODS, f"folder:{hq_folder}",
             "--tiny", "--size-mode", "native", "--device", "cpu", "--models-dir", str(tmp_path / "models")]
-    counts = count_work(monkeypatch)
+    counts, log = count_work(monkeypatch), LoadLog(monkeypatch)
     assert cli.main(argv) == 0
-    assert counts["restore"].calls == 3  # one per pipeline method, over all its photos x presets
+    assert counts["restore"].calls == 1  # the three pipeline methods together, over all photos x presets
     assert counts["tiny_factory"].calls == 1
+    # No network loaded twice in the run, though stage0, public and diffbody all need SwinIR and the pose model,
+    # and public and diffbody LLaVA and SDXL; every loader was watched (else the count proves nothing).
+    assert {name for name, _ in log.loads} == {name for _, name in PIPELINE_LOADERS} | {"LlavaCaptioner.load"}
+    assert sorted(log.loads) == sorted(set(log.loads)), [load for load in log.loads if log.loads.count(load) > 1]
 
     rows = read_csv(out / "metrics.csv")
     labels = [*METHODS, parse_method(f"folder:{hq_folder}").label]
@@ -101,10 +138,11 @@ def test_end_to_end_on_two_photos_five_presets_and_every_kind_of_method(hq_folde
     assert Image.open(out / "sheets" / "coffee.png").size[1] > len(PRESETS) * 100
     first = {path: path.read_bytes() for path in (out / "results").rglob("*.png")}
 
-    rerun = count_work(monkeypatch)
+    rerun, log = count_work(monkeypatch), LoadLog(monkeypatch)
     assert cli.main(argv) == 0
-    assert {name: counter.calls for name, counter in rerun.items()} == {
-        "restore": 0, "swinir": 0, "image_model": 0, "tiny_factory": 0}
+    assert {name: counter.calls for name, counter in rerun.items()} == {"restore": 0, "image_model": 0,
+                                                                         "tiny_factory": 0}
+    assert log.loads == []
     assert read_csv(out / "metrics.csv") == rows
     assert {path: path.read_bytes() for path in (out / "results").rglob("*.png")} == first
     assert "Restored 0 image(s)" in capsys.readouterr().out
