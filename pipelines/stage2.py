@@ -80,6 +80,10 @@ class Stage2Settings:
     adapter_weight: float = 1.0
     adapter_start: float = 0.0
     adapter_end: float = 1.0
+    # 1: sample from pure noise; below 1 (with a `start` image): start from that image's latent noised to this
+    # fraction of the schedule and run the last `denoise` of the steps, as ComfyUI's KSampler `denoise` does
+    # (the face pass: low denoise keeps the face, the priors steer the details)
+    denoise: float = 1.0
 
     @classmethod
     def paper(cls, **overrides) -> "Stage2Settings":
@@ -111,22 +115,25 @@ class Stage2Pipeline:
 
     def __call__(self, priors: Mapping[str, torch.Tensor | None], restored: torch.Tensor | None = None,
                  settings: Stage2Settings | None = None, *, prompt_embeds=None, negative_prompt_embeds=None,
-                 progress: ProgressFn | None = None) -> torch.Tensor:
+                 progress: ProgressFn | None = None, start: torch.Tensor | None = None) -> torch.Tensor:
         """Restore: priors {"image": I_ir, "pose", "depth", "normal"} (B,3,H,W) in 0..1 (those with
         strength 0 may be absent), restored = I_res (B,3,H,W) for the colour adapter. Returns (B,3,H,W)
         float32 in 0..1 on the CPU. `prompt_embeds` / `negative_prompt_embeds`: (context, pooled) pairs
-        instead of text."""
+        instead of text. `start`: (B,3,H,W) image to start from with settings.denoise below 1."""
         latents = self.sample_latents(priors, restored, settings, prompt_embeds=prompt_embeds,
-                                      negative_prompt_embeds=negative_prompt_embeds, progress=progress)
+                                      negative_prompt_embeds=negative_prompt_embeds, progress=progress, start=start)
         return self.decode(latents)
 
     @torch.no_grad()
     def sample_latents(self, priors, restored=None, settings: Stage2Settings | None = None, *,
-                       prompt_embeds=None, negative_prompt_embeds=None, progress: ProgressFn | None = None
-                       ) -> torch.Tensor:
+                       prompt_embeds=None, negative_prompt_embeds=None, progress: ProgressFn | None = None,
+                       start: torch.Tensor | None = None) -> torch.Tensor:
         """The denoised SDXL latents (B,4,H/8,W/8), scaled as the UNet sees them (before VAE unscaling)."""
         s = settings or Stage2Settings()
-        batch, height, width = self._check_images(priors, restored)
+        batch, height, width = self._check_images(priors, restored, start)
+        if not 0 < s.denoise <= 1 or (s.denoise < 1 and start is None):
+            raise Stage2Error(f"denoise must be in (0, 1], and below 1 needs a start image; got {s.denoise} "
+                              f"{'without' if start is None else 'with'} one")
         use_control = self.controlnet is not None and MultiPriorControlNet.is_active(s.strengths, s.control_scale)
         use_adapter = s.adapter_weight != 0
         self._check_components(s, use_control, use_adapter, restored)
@@ -140,20 +147,30 @@ class Stage2Pipeline:
                                 device=self.device).repeat(context.shape[0], 1)
         control = self._prior_control(priors, s, cfg_on, context, pooled, time_ids) if use_control else None
         tokens = self._adapter_tokens(restored, cfg_on) if use_adapter else None
+        start_latents = self.encode(start) if start is not None and s.denoise < 1 else None
         return self._denoise(s, batch, (height // 8, width // 8), context, pooled, time_ids, control, tokens,
-                             progress)
+                             progress, start_latents)
 
     def _denoise(self, s: Stage2Settings, batch, latent_size, context, pooled, time_ids, control_fn, tokens,
-                 progress) -> torch.Tensor:
+                 progress, start_latents: torch.Tensor | None = None) -> torch.Tensor:
         steps = s.steps or DEFAULT_STEPS[s.scheduler]
         scheduler = scheduler_for_steps(s.scheduler, steps, SDXL_TRAINING_SCHEDULE, device=self.device)
         generators = item_generators(s.seed, batch)
-        noise = initial_noise(generators, (batch, self.unet.config.in_channels, *latent_size))
-        latents = noise.to(self.device) * scheduler.init_noise_sigma
+        noise = initial_noise(generators, (batch, self.unet.config.in_channels, *latent_size)).to(self.device)
+        timesteps = scheduler.timesteps
+        if start_latents is None:
+            latents = noise * scheduler.init_noise_sigma
+        else:
+            # diffusers' img2img: skip the first (1 - denoise) of the schedule, noise the start to where it begins
+            skipped = (len(timesteps) - max(1, round(len(timesteps) * s.denoise))) * scheduler.order
+            if hasattr(scheduler, "set_begin_index"):
+                scheduler.set_begin_index(skipped)
+            timesteps = timesteps[skipped:]
+            latents = scheduler.add_noise(start_latents.to(self.device, torch.float32), noise, timesteps[:1])
         installed = (colour_adapter_installed(self.unet, self.adapter) if tokens is not None
                      else contextlib.nullcontext())
         with installed as adapter_state:
-            for i, t in enumerate(scheduler.timesteps):
+            for i, t in enumerate(timesteps):
                 model_in = torch.cat([latents] * (context.shape[0] // batch))
                 model_in = scheduler.scale_model_input(model_in, t).to(self.dtype)
                 control = None
@@ -167,7 +184,7 @@ class Stage2Pipeline:
                     noise_pred = guided(noise_pred, s.cfg)
                 latents = scheduler_step(scheduler, noise_pred, t, latents, generators)
                 if progress is not None:
-                    progress(i + 1, len(scheduler.timesteps))
+                    progress(i + 1, len(timesteps))
         return latents
 
     def _unet(self, sample, t, context, pooled, time_ids, control) -> torch.Tensor:
@@ -178,6 +195,15 @@ class Stage2Pipeline:
                      "mid_block_additional_residual": mid.to(self.dtype)}
         return self.unet(sample, t, encoder_hidden_states=context,
                          added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids}, **extra).sample
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """(B,3,H,W) in 0..1 -> scaled latents (the mean of the VAE's posterior, one image at a time)."""
+        param = next(self.vae.parameters())
+        shift = getattr(self.vae.config, "shift_factor", None) or 0.0
+        latents = [self.vae.encode(image[None].to(param.device, param.dtype) * 2 - 1).latent_dist.mean
+                   for image in images]
+        return (torch.cat(latents).float() - shift) * self.vae.config.scaling_factor
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
@@ -191,15 +217,14 @@ class Stage2Pipeline:
 
     # -- inputs ---------------------------------------------------------------------------------------
 
-    def _check_images(self, priors, restored) -> tuple[int, int, int]:
-        images = [img for img in priors.values() if img is not None]
-        if restored is not None:
-            images.append(restored)
+    def _check_images(self, priors, restored, start=None) -> tuple[int, int, int]:
+        images = [img for img in (*priors.values(), restored, start) if img is not None]
         if not images:
             raise Stage2Error("stage 2 needs at least one image (a prior or the restored image) to know the size")
         shapes = {tuple(img.shape) for img in images}
         if len(shapes) != 1:
-            raise Stage2Error(f"the priors and the restored image must share one (B,3,H,W) shape, got {sorted(shapes)}")
+            raise Stage2Error(f"the priors, the restored image and the start image must share one (B,3,H,W) shape, "
+                              f"got {sorted(shapes)}")
         batch, channels, height, width = shapes.pop()
         multiple = 8 * 2 ** (len(self.unet.config.block_out_channels) - 1)
         if channels != 3 or height % multiple or width % multiple:
