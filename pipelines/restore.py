@@ -75,6 +75,7 @@ class RestoreOptions:
     cfg: float = _PAPER.stage2_cfg
     strengths: tuple[float, float, float, float] = _PAPER.strengths  # a1..a4: I_ir, I_pose, I_depth, I_normal
     adapter_weight: float = _PAPER.adapter_weight
+    denoise: float = 1.0  # stage 2: below 1, from each result's `start` image (Stage2Settings.denoise)
     negative_prompt: str = ""
     seed: int = 0
     device: str = "cpu"
@@ -94,6 +95,7 @@ class RestoreResult:
     normal: torch.Tensor | None = None
     recaption: str = ""  # p' (empty without captioning or re-captioning)
     restored: torch.Tensor | None = None  # stage 2's result
+    start: torch.Tensor | None = None  # stage 2 starts from this image when options.denoise < 1 (the face pass)
 
     @property
     def final(self) -> torch.Tensor:
@@ -127,19 +129,37 @@ def restore_images(images: list[torch.Tensor], models: ModelPaths, options: Rest
     return job.results
 
 
+# RestoreJob.start_at: the first stage a job runs
+FROM_DEGRADED, FROM_STAGE0, FROM_PRIORS = 0, 1, 2
+
+
 @dataclass
 class RestoreJob:
     """Images to restore with one set of files and options (one evaluation method, one restore command);
-    restore_jobs fills `results`, one per image."""
+    restore_jobs fills `results`, one per image.
+
+    start_at: FROM_DEGRADED (stage 0 on `images`); FROM_STAGE0 (`given` holds stage 0's results: I_ir, I_pose,
+    keypoints, and p, written by LLaVA when empty and captioning: the per-person crops); FROM_PRIORS (`given`
+    holds all stage 2 takes: I_ir, I_pose, depth and normal for non-zero strengths, I_res, p' or p, and `start`
+    with options.denoise below 1: the face pass)."""
 
     images: list[torch.Tensor]
     models: ModelPaths
     options: RestoreOptions
     network_configs: NetworkConfigs = field(default_factory=dict)
+    given: list[RestoreResult] | None = None
+    start_at: int = FROM_DEGRADED
     results: list[RestoreResult] = field(default_factory=list)
     # per image: what its stage-0 work depends on (the image itself, the files, the settings); equal keys
     # share their work across jobs
     _keys: list[tuple] = field(default_factory=list, repr=False)
+
+    def __post_init__(self):
+        if (self.start_at == FROM_DEGRADED) != (self.given is None):
+            raise ValueError("a RestoreJob has `given` results exactly when it does not start from the degraded images")
+
+    def __len__(self) -> int:
+        return len(self.images) if self.given is None else len(self.given)
 
     @property
     def public(self) -> bool:
@@ -147,7 +167,12 @@ class RestoreJob:
 
     @property
     def runs_stage1(self) -> bool:
-        return not self.options.stage0_only and not self.public
+        return not self.options.stage0_only and not self.public and self.start_at < FROM_PRIORS
+
+    @property
+    def estimates_priors(self) -> bool:
+        """The public-weights mode's depth and normal estimators."""
+        return not self.options.stage0_only and self.public and self.start_at < FROM_PRIORS
 
     @property
     def recaptions(self) -> bool:
@@ -173,7 +198,7 @@ def restore_jobs(jobs: list[RestoreJob], progress: Progress = tqdm_progress) -> 
     _run_stage1([job for job in jobs if job.runs_stage1], progress)
     _recaption_jobs(recaptioning, captioners, progress)
     captioners.release()
-    _estimate_depth_normal([job for job in jobs if job.public and not job.options.stage0_only], progress)
+    _estimate_depth_normal([job for job in jobs if job.estimates_priors], progress)
     _run_stage2([job for job in jobs if not job.options.stage0_only], progress)
 
 
@@ -248,11 +273,15 @@ def _run_stage0(jobs: list[RestoreJob], captioners: _Held, progress) -> None:
     from .pose.backends import make_estimator
 
     networks, done = _Held(), {}
-    with progress("stage 0 (cleanup, pose, caption)", sum(len(job.images) for job in jobs), "image") as bar:
+    with progress("stage 0 (cleanup, pose, caption)", sum(len(job) for job in jobs), "image") as bar:
         for job in _by_key(jobs, lambda job: (_stage0_networks_key(job), _captioner_key(job))):
             m, device = job.models, job.options.device
             captioner = None if m.llava is None else captioners.get(_captioner_key(job),
                                                                     lambda: _load_captioner(m.llava, device))
+            if job.given is not None:
+                _take_given(job, captioner, done)
+                bar.update(len(job))
+                continue
             swinir = networks.get(_key("swinir", m.swinir), lambda: load_swinir(m.swinir))
             estimator = networks.get(_key("pose", *_stage0_networks_key(job)[2:]),
                                      lambda: make_estimator(m.pose_backend, m.pose_files, device=str(device)))
@@ -267,6 +296,21 @@ def _run_stage0(jobs: list[RestoreJob], captioners: _Held, progress) -> None:
                 job._keys.append(key)
                 bar.update(1)
     networks.release()
+
+
+def _take_given(job: RestoreJob, captioner, done: dict) -> None:
+    """A job's given results as its own; from stage 0's results, p = LLaVA(I_ir) where the caption is empty."""
+    s0 = job.options.stage0
+    for given in job.given:
+        key = (id(given), _key(job.models.llava, s0))
+        if key not in done:
+            done[key] = dataclasses.replace(given)
+            if job.start_at == FROM_STAGE0 and captioner is not None and not given.caption:
+                done[key].caption = captioner.caption(given.cleaned[None], prompt=s0.caption_prompt,
+                                                      max_new_tokens=s0.max_new_tokens, seed=s0.seed,
+                                                      device=torch.device(job.options.device))[0]
+        job.results.append(dataclasses.replace(done[key]))
+        job._keys.append(key)
 
 
 def _stage1_networks_key(job: RestoreJob) -> tuple:
@@ -294,7 +338,7 @@ def _run_stage1(jobs: list[RestoreJob], progress) -> None:
     from .stage1 import DEFAULT_STEPS
 
     networks, done = _Held(), {}
-    with progress("stage 1 (I_res, depth, normal)", sum(len(job.images) for job in jobs), "image") as images_bar:
+    with progress("stage 1 (I_res, depth, normal)", sum(len(job) for job in jobs), "image") as images_bar:
         for job in _by_key(jobs, lambda job: (_stage1_networks_key(job),)):
             o = job.options
             pipeline = networks.get(_stage1_networks_key(job), lambda: _load_stage1(job))
@@ -341,7 +385,7 @@ def _estimate_depth_normal(jobs: list[RestoreJob], progress) -> None:
     from .depth_normal import load_depth_normal_estimator
 
     networks, done = _Held(), {}
-    with progress("depth and normal priors", sum(len(job.images) for job in jobs), "image") as bar:
+    with progress("depth and normal priors", sum(len(job) for job in jobs), "image") as bar:
         for job in _by_key(jobs, lambda job: (_estimator_key(job),)):
             m, o = job.models, job.options
             estimator = networks.get(_estimator_key(job), lambda: load_depth_normal_estimator(
@@ -380,7 +424,7 @@ def _run_stage2(jobs: list[RestoreJob], progress) -> None:
     if not jobs:
         return
     networks = _Held()
-    with progress("stage 2 (final restoration)", sum(len(job.images) for job in jobs), "image") as images_bar:
+    with progress("stage 2 (final restoration)", sum(len(job) for job in jobs), "image") as images_bar:
         for job in _by_key(jobs, _stage2_keys):
             pipeline = _stage2_pipeline(job, networks)
             strengths = dict(zip(PRIORS, job.options.strengths))
@@ -431,7 +475,8 @@ def _stage2_settings(result: RestoreResult, strengths: dict[str, float], options
     return Stage2Settings(prompt=result.recaption or result.caption, negative_prompt=options.negative_prompt,
                           scheduler=options.stage2_scheduler,
                           steps=options.stage2_steps or DEFAULT_STEPS[options.stage2_scheduler], cfg=options.cfg,
-                          seed=options.seed, strengths=strengths, adapter_weight=options.adapter_weight)
+                          seed=options.seed, strengths=strengths, adapter_weight=options.adapter_weight,
+                          denoise=options.denoise)
 
 
 def _restore_one(pipeline, result: RestoreResult, settings, options: RestoreOptions, progress) -> torch.Tensor:
@@ -440,10 +485,12 @@ def _restore_one(pipeline, result: RestoreResult, settings, options: RestoreOpti
     colour adapter sees I_res, or I_ir in the public-weights mode (no stage 1)."""
     plan = plan_resize(*result.cleaned.shape[-2:], mode=options.size_mode)
     images = {"image": result.cleaned, "pose": result.pose_image, "depth": result.depth, "normal": result.normal}
-    priors = {name: plan.to_canvas(images[name][None], fill=STAGE2_FILLS[name]) for name in PRIORS}
+    priors = {name: plan.to_canvas(images[name][None], fill=STAGE2_FILLS[name]) for name in PRIORS
+              if images[name] is not None}  # the face pass gives no depth or normal (their strengths are 0)
     colour_source = result.cleaned if options.mode == "public" else result.stage1
     restored = plan.to_canvas(colour_source[None], fill=STAGE2_FILLS["colour"])
-    out = pipeline(priors, restored, settings, progress=progress)
+    start = None if result.start is None else plan.to_canvas(result.start[None], fill=STAGE2_FILLS["colour"])
+    out = pipeline(priors, restored, settings, progress=progress, start=start)
     return plan.from_canvas(out)[0]
 
 
