@@ -4,7 +4,8 @@ tiny weights, with fixed seeds, kept under tests/golden/ so a refactor can prove
 
 Each case compares the current code against its stored data and prints one line, `GOLDEN <case>:
 bit-identical` or `GOLDEN <case>: max |diff| <d>`, so a run with `-s` measures "bit-equal" directly.
-Tolerances: float outputs `atol 1e-5, rtol 0`; uint8 images max abs difference 1; text exactly.
+Tolerances: float outputs `atol 1e-5, rtol 0` (diffusers' Marigold normals 1e-4: LIBRARY_PIPELINE_ATOL); uint8 images max abs
+difference 1; text exactly.
 
 Data: float32 tensors in .npz, images as PNG (compared decoded, as uint8 arrays), captions and pose
 keypoints as text. tests/golden/formats/ holds the pack's own weight files written by the save functions
@@ -65,6 +66,10 @@ from test_workflows import runnable  # exactly how tests/test_workflows.py prepa
 GOLDEN = Path(__file__).resolve().parent / "golden"
 UPDATE = os.environ.get("DIFFBODY_UPDATE_GOLDEN") == "1"
 FLOAT_ATOL = 1e-5
+# diffusers' Marigold normals pipeline runs its own UNet loop and renormalises each normal to unit length, which
+# magnifies float rounding: a newer (unpinned) diffusers/torch moved 4 of 12288 values by up to 1.45e-5 with no
+# change in the pack (2026-12-02, diffusers 0.42.1, torch 2.14.1). A refactor of ours moves values by far more.
+LIBRARY_PIPELINE_ATOL = 1e-4
 UINT8_TOLERANCE = 1
 SIZE = 64  # px: the smallest stage-1 canvas, and a multiple of the tiny SDXL's 32
 STEPS = 2
@@ -77,7 +82,7 @@ def report(case: str, max_diff: float) -> None:
     print(f"GOLDEN {case}: " + ("bit-identical" if max_diff == 0 else f"max |diff| {max_diff:.3g}"))
 
 
-def check_floats(case: str, arrays: dict[str, torch.Tensor]) -> None:
+def check_floats(case: str, arrays: dict[str, torch.Tensor], atol: float = FLOAT_ATOL) -> None:
     """Float tensors against tests/golden/<case>.npz (float32)."""
     path = GOLDEN / f"{case}.npz"
     produced = {k: v.detach().float().cpu().numpy() for k, v in arrays.items()}
@@ -91,7 +96,7 @@ def check_floats(case: str, arrays: dict[str, torch.Tensor]) -> None:
         assert value.shape == expected[key].shape, (case, key, value.shape, expected[key].shape)
     report(case, max(float(np.abs(v - expected[k]).max()) if v.size else 0.0 for k, v in produced.items()))
     for key, value in produced.items():
-        np.testing.assert_allclose(value, expected[key], atol=FLOAT_ATOL, rtol=0, err_msg=f"{case}/{key}")
+        np.testing.assert_allclose(value, expected[key], atol=atol, rtol=0, err_msg=f"{case}/{key}")
 
 
 def check_image(case: str, image: np.ndarray | Path) -> None:
@@ -186,7 +191,8 @@ def test_depth_and_normal_estimators(models, normal_source):
     normals = str(priors / "tiny-marigold-normals") if normal_source == "marigold" else None
     estimator = load_depth_normal_estimator(str(priors / "tiny-depth-anything"), normals, normal_steps=2, seed=5)
     depth, normal = estimator.estimate(photo())
-    check_floats(f"depth_normal_{normal_source}", {"depth": depth, "normal": normal})
+    check_floats(f"depth_normal_{normal_source}", {"depth": depth, "normal": normal},
+                 atol=LIBRARY_PIPELINE_ATOL if normal_source == "marigold" else FLOAT_ATOL)
 
 
 # -- stage 1 -----------------------------------------------------------------------------------------------
