@@ -57,6 +57,11 @@ FOLDERS: dict[str, ModelFolder] = {
                     shared=("depthanything", "diffusers")),
         # Networks of the evaluation's neural metrics (evaluation/neural.py).
         ModelFolder("diffbody_metrics", os.path.join("diffbody", "metrics")),
+        # insightface's model packs, where IP-Adapter FaceID, InstantID and PuLID users keep them (insightface's
+        # FaceAnalysis(name=<pack>, root=ComfyUI/models/insightface) reads <root>/models/<pack>/): the evaluation's
+        # identity metric (models/face_identity.py).
+        ModelFolder("insightface_antelopev2", os.path.join("insightface", "models", "antelopev2"), frozenset({".onnx"})),
+        ModelFolder("insightface_buffalo_l", os.path.join("insightface", "models", "buffalo_l"), frozenset({".onnx"})),
     )
 }
 
@@ -80,6 +85,9 @@ class ModelFile:
     sha256: str = ""
     # A single file published outside Hugging Face (torchvision's weights): its address.
     direct_url: str = ""
+    # A public file the pack does not fetch (published only inside a zip, under a licence to accept): the page
+    # the missing-file message sends the user to.
+    source_page: str = ""
 
     @property
     def downloadable(self) -> bool:
@@ -96,6 +104,9 @@ class ModelFile:
             return f"https://huggingface.co/{self.repo_id}{tree}"
         return f"https://huggingface.co/{self.repo_id}/resolve/main/{self.repo_path or self.filename}"
 
+
+INSIGHTFACE_PACKS = "https://github.com/deepinsight/insightface/tree/master/python-package#model-zoo"
+INSIGHTFACE_BUFFALO_L = "https://github.com/deepinsight/insightface/releases/download/v0.7/buffalo_l.zip"
 
 KNOWN_FILES: dict[str, ModelFile] = {
     f.filename: f
@@ -161,6 +172,28 @@ KNOWN_FILES: dict[str, ModelFile] = {
         ModelFile("alexnet-owt-7be5be79.pth", "diffbody_metrics", "",
                   direct_url="https://download.pytorch.org/models/alexnet-owt-7be5be79.pth",
                   description="torchvision's ImageNet AlexNet, LPIPS's backbone (evaluation)"),
+        # The evaluation's CLIPIQA (piq's, models/no_reference_iqa.py): OpenAI's CLIP RN50 as open_clip's
+        # safetensors (408 MB), saved under a name that says which CLIP it is.
+        ModelFile("resnet50_clip.openai.safetensors", "diffbody_metrics", "timm/resnet50_clip.openai",
+                  repo_path="open_clip_model.safetensors",
+                  description="OpenAI CLIP RN50, CLIPIQA's network (evaluation)"),
+        # The evaluation's MANIQA (pyiqa's default "maniqa", trained on KonIQ-10k): the whole network, ViT included.
+        ModelFile("ckpt_koniq10k.pt", "diffbody_metrics", "chaofengc/IQA-PyTorch-Weights",
+                  description="MANIQA trained on KonIQ-10k (evaluation)"),
+        # The evaluation's MUSIQ (pyiqa's default "musiq", trained on KonIQ-10k).
+        ModelFile("musiq_koniq_ckpt-e95806b9.pth", "diffbody_metrics", "chaofengc/IQA-PyTorch-Weights",
+                  description="MUSIQ trained on KonIQ-10k (evaluation)"),
+        # The identity metric's face detector and recognition network: insightface's packs, published only as zips
+        # (buffalo_l.zip in the v0.7 GitHub release; antelopev2 on Google Drive, insightface's Model Zoo table) for
+        # non-commercial research only, so never downloaded by the pack. The two detectors are one file (one SHA-256).
+        ModelFile("scrfd_10g_bnkps.onnx", "insightface_antelopev2", "", source_page=INSIGHTFACE_PACKS,
+                  description="insightface antelopev2 face detector (SCRFD-10G, 5 keypoints; identity metric)"),
+        ModelFile("glintr100.onnx", "insightface_antelopev2", "", source_page=INSIGHTFACE_PACKS,
+                  description="insightface antelopev2 face recognition (ArcFace R100, Glint360K; identity metric)"),
+        ModelFile("det_10g.onnx", "insightface_buffalo_l", "", source_page=INSIGHTFACE_BUFFALO_L,
+                  description="insightface buffalo_l face detector (SCRFD-10G, 5 keypoints; identity metric)"),
+        ModelFile("w600k_r50.onnx", "insightface_buffalo_l", "", source_page=INSIGHTFACE_BUFFALO_L,
+                  description="insightface buffalo_l face recognition (ArcFace R50, WebFace600K; identity metric)"),
     )
 }
 
@@ -273,6 +306,8 @@ def missing_message(filename: str, folder: str, searched: list[str], fetch_hint:
         what = "the whole folder" if known.is_dir else "it"
         lines.append(f"Download {what} from: {known.url}  [{known.description}]")
         lines.append(fetch_hint)
+    elif known is not None and known.source_page:
+        lines.append(f"Get it from: {known.source_page}  [{known.description}] (the pack does not download it)")
     elif known is not None:
         lines.append(f"[{known.description}] No DiffBody weights are public: train them with the pack's "
                      "training scripts (README, 'Training'), or use the public-weights workflow.")
@@ -480,6 +515,8 @@ def _missing_options_message(options: tuple[tuple[str, str], ...], models_dir: P
                      + (f"  [{known.description}]" if known is not None else ""))
         if known is not None and known.downloadable:
             lines.append(f"    Download {'the whole folder' if known.is_dir else 'it'} from: {known.url}")
+        elif known is not None and known.source_page:
+            lines.append(f"    Get it from: {known.source_page} (the pack does not download it)")
     if any(name in KNOWN_FILES and KNOWN_FILES[name].downloadable for name, _ in options):
         lines.append("Or pass --download to fetch the first of them.")
     return "\n".join(lines)

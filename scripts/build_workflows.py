@@ -183,7 +183,8 @@ def model_table(workflow_nodes: list[Node], object_info: dict) -> str:
     rows = []
     for name, folder in needed_model_files(workflow_nodes, object_info):
         known = KNOWN_FILES[name]
-        where = f"[{known.repo_id}]({known.url})" if known.downloadable else "not public: trained with this pack"
+        where = (f"[{known.repo_id}]({known.url})" if known.downloadable else f"<{known.source_page}>"
+                 if known.source_page else "not public: trained with this pack")
         kind = "folder" if known.is_dir else "file"
         rows.append(f"| `{name}` ({kind}) | `models/{FOLDERS[folder].relative_dir}/` | {where} |")
     return "| model | put it in | get it from |\n| --- | --- | --- |\n" + "\n".join(dict.fromkeys(rows))

@@ -83,6 +83,9 @@ req_stamp=$(cat "$repo/requirements.txt" "$repo/requirements-dev.txt" | sha256su
 if [ "$(cat "$venv/.pack-requirements" 2>/dev/null)" != "$req_stamp" ]; then
   log "installing the pack's requirements into $venv"
   "${pip[@]}" install -c "$pins" -r "$repo/requirements.txt" -r "$repo/requirements-dev.txt" >&2
+  # pyiqa (MANIQA and MUSIQ networks) without its declared requirements: they bring facexlib and a second
+  # OpenCV (opencv-python), bitsandbytes, tensorboard...; the arch modules the pack imports need none of them.
+  "${pip[@]}" install -c "$pins" --no-deps "pyiqa==0.1.16" >&2
   echo "$req_stamp" >"$venv/.pack-requirements"
 fi
 # The pack itself is importable as `comfyui_diffbody` (pyproject maps that name onto the repo root);

@@ -187,7 +187,7 @@ def test_real_low_quality_photos_get_no_reference_metrics_only(hq_folder, tmp_pa
                      "--scale", "2", "--device", "cpu"]) == 0
     rows = read_csv(out / "metrics.csv")
     assert [(row["preset"], row["psnr"]) for row in rows] == [("real", "")] * len(PHOTOS)
-    assert all("psnr, ssim, lpips, cpsnr, cssim: no reference image" in row["missing"] for row in rows)
+    assert all("psnr, ssim, lpips, cpsnr, cssim, identity: no reference image" in row["missing"] for row in rows)
     assert not (out / "lq").exists()
     assert Image.open(out / "results" / "bicubic" / "real" / "coffee.png").size == (288, 192)
 
@@ -281,7 +281,7 @@ def test_every_neural_metric_is_either_available_or_missing_with_a_reason():
     rows = scorer.score(batch, batch.flip(0))
     assert [row["ssim"] == 1.0 for row in rows] == [False, True, False]  # each image its own row
     row = rows[0]
-    assert row["lpips"] == "" and row["missing"] == "lpips, maniqa, clipiqa, musiq: no weights"
+    assert row["lpips"] == "" and row["missing"] == "lpips, maniqa, clipiqa, musiq, identity: no weights"
     assert not scorer.needs_work(row, has_reference=True)
     assert scorer.needs_work({**row, "psnr": ""}, has_reference=True)
 

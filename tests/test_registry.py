@@ -168,13 +168,14 @@ def test_missing_onnxruntime_names_both_builds(monkeypatch):
 def test_both_onnxruntime_builds_are_reported(both, monkeypatch, caplog):
     import onnxruntime
 
+    from comfyui_diffbody.models import onnx_runtime
     from comfyui_diffbody.pipelines.pose import dwpose
 
     monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CPUExecutionProvider"])
-    monkeypatch.setattr(dwpose, "_installed", lambda name: both or name == "onnxruntime")
-    with caplog.at_level(logging.WARNING, logger=dwpose.log.name):
+    monkeypatch.setattr(onnx_runtime, "installed", lambda name: both or name == "onnxruntime")
+    with caplog.at_level(logging.WARNING, logger=onnx_runtime.log.name):
         assert dwpose.onnx_providers("cuda") == ["CPUExecutionProvider"]
-    assert (dwpose.BOTH_ONNXRUNTIMES_HINT in caplog.text) == both
+    assert (onnx_runtime.BOTH_ONNXRUNTIMES_HINT in caplog.text) == both
     assert ("install onnxruntime-gpu instead of onnxruntime" in caplog.text) != both
 
 

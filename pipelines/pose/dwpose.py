@@ -8,15 +8,13 @@ annotator). Both networks get the image in RGB, as DWPose feeds them.
 
 from __future__ import annotations
 
-import logging
-import os
-
 import numpy as np
 
-from ...models.errors import MissingDependency, MissingModelFile, WrongModelFile
+from ...models.errors import WrongModelFile
+# ONNX Runtime's import, providers and sessions, and NMS live on the models floor (the face identity metric
+# uses them too); the pose backends import them from here.
+from ...models.onnx_runtime import nms, onnx_providers, open_session
 from .keypoints import NUM_WHOLEBODY, Frame, check_rgb_uint8, make_frame, person_from_wholebody133
-
-log = logging.getLogger(__name__)
 
 DETECTOR_SIZE = (640, 640)  # (h, w) of yolox_l.onnx's input
 YOLOX_STRIDES = (8, 16, 32)
@@ -26,65 +24,6 @@ PERSON_CLASS = 0
 BOX_PADDING = 1.25
 PIXEL_MEAN = np.array([123.675, 116.28, 103.53], np.float32)
 PIXEL_STD = np.array([58.395, 57.12, 57.375], np.float32)
-
-
-ONNXRUNTIME_HINT = (
-    "DWPose needs ONNX Runtime, which the pack leaves to you because its two builds provide the same "
-    "`onnxruntime` module and break each other when both are installed. Install exactly one, into ComfyUI's "
-    "Python: `pip install onnxruntime-gpu` (NVIDIA CUDA) or `pip install onnxruntime` (CPU, Apple, other GPUs). "
-    "Or choose another pose backend.")
-BOTH_ONNXRUNTIMES_HINT = (
-    "DiffBody pose: both `onnxruntime` (CPU) and `onnxruntime-gpu` are installed, and the CPU build has "
-    "replaced the CUDA one: `pip uninstall -y onnxruntime onnxruntime-gpu`, then `pip install onnxruntime-gpu`. "
-    "DWPose runs on the CPU until then.")
-
-
-def _onnxruntime():
-    """The onnxruntime module, or MissingDependency naming both of its builds."""
-    try:
-        import onnxruntime
-    except ImportError as e:
-        raise MissingDependency(f"{ONNXRUNTIME_HINT} (import error: {e})") from e
-    return onnxruntime
-
-
-def _installed(distribution: str) -> bool:
-    from importlib import metadata
-
-    try:
-        metadata.distribution(distribution)
-    except metadata.PackageNotFoundError:
-        return False
-    return True
-
-
-def onnx_providers(device: str | None = None) -> list[str]:
-    """CUDA first when onnxruntime has it and the caller did not ask for the CPU, then the CPU."""
-    ort = _onnxruntime()
-    available = ort.get_available_providers()
-    wants_gpu = device is None or not str(device).startswith("cpu")
-    if wants_gpu and "CUDAExecutionProvider" in available:
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    if wants_gpu and _installed("onnxruntime") and _installed("onnxruntime-gpu"):
-        log.warning(BOTH_ONNXRUNTIMES_HINT)
-    elif device is not None and str(device).startswith("cuda"):
-        log.warning("DiffBody pose: onnxruntime has no CUDA provider here (install onnxruntime-gpu instead of "
-                    "onnxruntime); DWPose runs on the CPU.")
-    return ["CPUExecutionProvider"]
-
-
-def open_session(path: str, providers: list[str]):
-    ort = _onnxruntime()
-    if not os.path.isfile(path):
-        raise MissingModelFile(f"DiffBody: DWPose model file not found: {path}")
-    try:
-        session = ort.InferenceSession(path, providers=providers)
-    except Exception as e:  # onnxruntime raises its own untyped errors for broken files
-        raise WrongModelFile(f"DiffBody: onnxruntime could not open '{path}': {e}") from e
-    if "CUDAExecutionProvider" in providers and "CUDAExecutionProvider" not in session.get_providers():
-        log.warning("DiffBody pose: onnxruntime could not start CUDA for %s (see its log above); "
-                    "running on the CPU.", os.path.basename(path))
-    return session
 
 
 # ---------------------------------------------------------------- person detector (YOLOX)
@@ -117,22 +56,6 @@ def decode_yolox(raw: np.ndarray, size: tuple[int, int] = DETECTOR_SIZE) -> tupl
     half = np.exp(raw[:, 2:4]) * stride / 2
     boxes = np.concatenate([centre - half, centre + half], axis=1)
     return boxes, raw[:, 4:5] * raw[:, 5:]
-
-
-def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> list[int]:
-    """Greedy non-maximum suppression; the indices kept, best first (pixel-inclusive areas as YOLOX)."""
-    x1, y1, x2, y2 = boxes.T
-    areas = (x2 - x1 + 1) * (y2 - y1 + 1)
-    order = scores.argsort()[::-1]
-    keep = []
-    while order.size:
-        i, rest = order[0], order[1:]
-        keep.append(int(i))
-        iw = np.maximum(0.0, np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]) + 1)
-        ih = np.maximum(0.0, np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]) + 1)
-        inter = iw * ih
-        order = rest[inter / (areas[i] + areas[rest] - inter) <= iou_threshold]
-    return keep
 
 
 def person_boxes(raw: np.ndarray, ratio: float, size: tuple[int, int] = DETECTOR_SIZE) -> np.ndarray:
