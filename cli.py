@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .models.files import default_models_dir
-from .pipelines.presets import FAST, MODES, PUBLIC_DEPTH_MODEL, PUBLIC_NORMAL_SOURCE
+from .pipelines.presets import (FACE_DENOISE, FAST, GLOBAL_PASSES, MODES, PERSON_CONTEXT, PUBLIC_DEPTH_MODEL,
+                               PUBLIC_NORMAL_SOURCE)
 
 if TYPE_CHECKING:
     import torch
@@ -62,9 +63,30 @@ def build_parser() -> argparse.ArgumentParser:
     restore.add_argument("--chunk-size", type=int, default=0,
                          help="restore and write this many images at a time (each chunk loads the models again), "
                               "so a stopped run keeps the chunks it finished; 0: all of them at once")
+    _add_per_person_arguments(restore)
     _add_pipeline_arguments(restore)
     _add_evaluate_command(commands)
     return parser
+
+
+def _add_per_person_arguments(restore: argparse.ArgumentParser) -> None:
+    group = restore.add_argument_group("group photos (pipelines/per_person.py)")
+    group.add_argument("--per-person", action="store_true",
+                       help="restore every person found by the pose model as a crop of their own (their own "
+                            "skeleton, caption and priors, at a training bucket's size) and paste each back with a "
+                            "mask that follows the person; writes *_people.json and every crop "
+                            "(*_person<k>_crop.png, *_person<k>_restored.png)")
+    group.add_argument("--global-pass", default="full", choices=GLOBAL_PASSES,
+                       help="--per-person: what restores the rest of the picture: full (the whole pipeline on the "
+                            "picture) or swinir (stage 0's cleanup alone, faster)")
+    group.add_argument("--face-pass", action="store_true",
+                       help="--per-person: then run stage 2 again on each face, at 512x512, from the pasted "
+                            "picture with --face-denoise, guided by the face in I_ir, and blend it back "
+                            "(writes *_face<k>_restored.png)")
+    group.add_argument("--face-denoise", type=float, default=FACE_DENOISE,
+                       help="--face-pass: how much of the face stage 2 may change (0..1; low keeps the face)")
+    group.add_argument("--person-context", type=float, default=PERSON_CONTEXT,
+                       help="--per-person: context around each person, a fraction of their longer side")
 
 
 def _add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
@@ -384,7 +406,10 @@ def restore_options(args, device):
 def output_suffixes(args) -> list[str]:
     """What restore writes for every input, after its stem and "_" ("restored.png", "ir.png", ...), the
     captions aside (written only when not empty, before these): an input whose files are all there is
-    skipped. Each file is written whole or not at all (atomic_write), so one cut off half-way is redone."""
+    skipped. Each file is written whole or not at all (atomic_write), so one cut off half-way is redone.
+    --per-person also writes every crop, as many as there are people, before these."""
+    if getattr(args, "per_person", False):
+        return ["people.json", "restored.png"]
     if args.stage0_only:
         return ["ir.png", "pose.png", "pose.json"]
     if not args.save_priors:
@@ -416,6 +441,34 @@ def save_results(result, stem: Path, args) -> None:
             atomic_write(path, lambda f: f.write(json.dumps(result.keypoints).encode("utf-8")))
         else:
             save_png(path, chw_to_uint8(images[suffix.removesuffix(".png")]))
+
+
+def save_per_person(result, stem: Path, args) -> None:
+    """--per-person: every person's I_ir crop and restored crop (and face), the crop data as <stem>_people.json
+    (group.py's GroupCrops.to_dict, with each crop's file and caption), with --save-priors the global pass,
+    and <stem>_restored.png last."""
+    from .pipelines.image import chw_to_uint8
+    from .training.prepare_data import atomic_write, save_png
+
+    crops = {"people": [], "faces": []}
+    for kind, regions, results in (("person", result.people, result.person_results),
+                                   ("face", result.faces, result.face_results)):
+        if regions is None:
+            continue
+        for k, (index, crop) in enumerate(zip(regions.crop_order(), results)):
+            if kind == "person":
+                save_png(Path(f"{stem}_person{k}_crop.png"), chw_to_uint8(crop.cleaned))
+            save_png(Path(f"{stem}_{kind}{k}_restored.png"), chw_to_uint8(crop.restored))
+            crops["people" if kind == "person" else "faces"].append(
+                {"region": index, "file": f"{stem.name}_{kind}{k}_restored.png",
+                 "caption": crop.recaption or crop.caption})
+    if args.save_priors:
+        save_png(Path(f"{stem}_global.png"), chw_to_uint8(result.global_result.restored))
+        save_png(Path(f"{stem}_ir.png"), chw_to_uint8(result.global_result.cleaned))
+    data = {"people": result.people.to_dict(), "faces": None if result.faces is None else result.faces.to_dict(),
+            "crops": crops}
+    atomic_write(Path(f"{stem}_people.json"), lambda f: f.write(json.dumps(data, indent=1).encode("utf-8")))
+    save_png(Path(f"{stem}_restored.png"), chw_to_uint8(result.restored))
 
 
 def take_share(items: list, index: int, count: int) -> list:
@@ -475,6 +528,11 @@ def restore(args) -> int:
     check_choices(args)
     if args.chunk_size < 0:
         raise SystemExit(f"error: --chunk-size must not be negative, got {args.chunk_size}")
+    if args.per_person and args.stage0_only:
+        raise SystemExit("error: --per-person restores every person through stages 1-2: not with --stage0-only")
+    if not 0 < args.face_denoise <= 1 or args.person_context < 0:
+        raise SystemExit(f"error: --face-denoise must be in (0, 1] and --person-context >= 0, got "
+                         f"{args.face_denoise} and {args.person_context}")
     args.save_priors = args.save_priors or args.tiny
     image_paths = collect_images(args.inputs)
     with tempfile.TemporaryDirectory(prefix="diffbody-tiny-") as tiny_dir:
@@ -520,6 +578,17 @@ def restore_pending(args, image_paths: list[Path], models, models_dir: Path, pro
     for start in range(0, len(image_paths), chunk):
         paths = image_paths[start:start + chunk]
         images = [uint8_to_chw(np.asarray(Image.open(p).convert("RGB"))).unsqueeze(0) for p in paths]
+        if args.per_person:
+            from .pipelines.per_person import PerPersonOptions, restore_per_person
+
+            per_person = PerPersonOptions(context=args.person_context, global_pass=args.global_pass,
+                                          face_pass=args.face_pass, face_denoise=args.face_denoise)
+            for path, result in zip(paths, restore_per_person(images, models, options, per_person,
+                                                              network_configs=configs)):
+                save_per_person(result, args.out / path.stem, args)
+                print(f"{process.label}wrote {path.stem}_* from {path}: {len(result.person_results)} "
+                      f"person(s){f', {len(result.face_results)} face(s)' if args.face_pass else ''}", flush=True)
+            continue
         for path, result in zip(paths, restore_images(images, models, options, network_configs=configs)):
             save_results(result, args.out / path.stem, args)
             print(f"{process.label}wrote {path.stem}_* from {path}", flush=True)
@@ -543,6 +612,9 @@ def summary(args, count: int) -> str:
     elif args.save_priors:
         captions = "*_caption.txt" if args.no_recaption or args.fast else "*_caption.txt and *_recaption.txt"
         written += f", priors *_ir.png, *_pose.png/.json, *_stage1.png (I_res), *_depth.png, *_normal.png, {captions}"
+    if args.per_person:
+        written += (", every person's crop *_person<k>_crop.png and *_person<k>_restored.png"
+                    + (", every face *_face<k>_restored.png" if args.face_pass else "") + ", the crop data *_people.json")
     mode = " (public-weights mode)" if args.mode == "public" else ""
     return f"Wrote DiffBody results{mode}{label} for {count} image(s) to {args.out}: {written}."
 

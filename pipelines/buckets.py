@@ -70,7 +70,7 @@ class ResizePlan:
             raise ValueError(f"fill must be one of {PAD_FILLS}, got {fill!r}")
         if tuple(images.shape[-2:]) != self.input_size:
             raise ValueError(f"expected images of size {self.input_size}, got {tuple(images.shape[-2:])}")
-        content = _resize(images.float(), self.content_size)
+        content = resize(images.float(), self.content_size)
         top, left = self.offset
         bottom = self.canvas_size[0] - self.content_size[0] - top
         right = self.canvas_size[1] - self.content_size[1] - left
@@ -85,7 +85,7 @@ class ResizePlan:
             raise ValueError(f"expected images of size {self.canvas_size}, got {tuple(images.shape[-2:])}")
         top, left = self.offset
         content = images[..., top:top + self.content_size[0], left:left + self.content_size[1]]
-        return _resize(content, self.input_size)
+        return resize(content, self.input_size)
 
 
 def plan_resize(height: int, width: int, mode: str = "bucket") -> ResizePlan:
@@ -109,8 +109,9 @@ def _round_up(value: int, multiple: int) -> int:
     return -(-value // multiple) * multiple
 
 
-def _resize(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bicubic with antialiasing (clean downscales), clamped back into 0..1 (bicubic overshoots)."""
+def resize(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(B,C,H,W) -> (B,C,size): bicubic with antialiasing (clean downscales), clamped back into 0..1 (bicubic
+    overshoots). The pack's one resize of photos between a working size and their own (canvas, group crops)."""
     if tuple(images.shape[-2:]) == tuple(size):
         return images
     return F.interpolate(images, size=size, mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)

@@ -78,3 +78,11 @@ def with_speed(preset: ModeDefaults, profile: SpeedProfile) -> ModeDefaults:
 # evenly spaced training timesteps is KSampler's `ddpm` sampler with the `ddim_uniform` schedule; DPM++ 2M
 # on Karras sigmas (rho 7, the schedule's own smallest and largest sigma) is `dpmpp_2m` with `karras`.
 KSAMPLER_NAMES = {"ddpm": ("ddpm", "ddim_uniform"), "dpmpp_2m_karras": ("dpmpp_2m", "karras")}
+
+
+# Per-person restoration of group photos (pipelines/per_person.py, `restore --per-person`, the diffbody_group
+# workflow): the context around each person (a fraction of their longer side), what restores the rest of the
+# picture, and how much the face pass may change a face (low: the face is kept, the priors refine it).
+PERSON_CONTEXT = 0.1
+GLOBAL_PASSES = ("full", "swinir")
+FACE_DENOISE = 0.35

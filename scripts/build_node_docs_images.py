@@ -13,6 +13,9 @@ DiffBody weights are public, and the tests' tiny weights are random):
 - canvas_bucket.png: a portrait crop of the same photo, and the Stage 2 Canvas node's canvas for it
   (pipelines/buckets.plan_resize: resized to the nearest training bucket, padded by its edges) with the
   skeleton canvas (padded with black).
+- group_collage.png: testing/photos.people_collage (four people) with each person the `mediapipe` backend
+  finds (tests/mediapipe_pose_check.py --frame) tinted by their mask and framed by their box, as the Crop People
+  node cuts them (pipelines/group.py).
 The screenshots of the frontend in the same folder come from the browser test: DIFFBODY_UPDATE_SCREENSHOTS=1
 $PY -m pytest tests/test_browser.py -k screenshots.
 """
@@ -59,6 +62,37 @@ def mediapipe_skeleton(work: Path) -> np.ndarray:
     return np.asarray(Image.open(work / "one_person_skeleton.png").convert("RGB"))
 
 
+def mediapipe_frame(image: np.ndarray, work: Path) -> dict:
+    """The POSE_KEYPOINT frame the pack's mediapipe backend gives an RGB image, in the mediapipe venv."""
+    import json
+
+    python = subprocess.run([str(REPO_ROOT / "scripts" / "mediapipe_venv.sh")], check=True,
+                            capture_output=True, text=True).stdout.strip()
+    Image.fromarray(image).save(work / "image.png")
+    out = subprocess.run([python, str(REPO_ROOT / "tests" / "mediapipe_pose_check.py"), "--repo", str(REPO_ROOT),
+                          "--frame", str(work / "image.png")], check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def group_overlay(image: np.ndarray, frame: dict) -> np.ndarray:
+    """Each person of the frame tinted by their Crop People mask, their box drawn, in one colour per person."""
+    import cv2
+
+    from comfyui_diffbody.pipelines.group import GroupCrops, find_regions, image_masks
+
+    crops = find_regions([frame], image.shape[:2])
+    out = image.astype(np.float32)
+    colours = [(255, 64, 64), (64, 200, 64), (64, 128, 255), (255, 200, 0)]
+    for region, colour in zip(crops.regions, colours * len(crops.regions)):
+        mask = image_masks(GroupCrops(crops.image_size, (region,), mask=crops.mask))[0][..., None] * 0.45
+        out = out * (1 - mask) + np.float32(colour) * mask
+    out = out.round().astype(np.uint8)
+    for region, colour in zip(crops.regions, colours * len(crops.regions)):
+        top, left, h, w = region.box
+        cv2.rectangle(out, (left + 1, top + 1), (left + w - 2, top + h - 2), colour, 2)
+    return out
+
+
 def hemisphere_depth(size: int = 160) -> torch.Tensor:
     """(1,1,size,size) inverse depth of a hemisphere on a flat background: near = bright."""
     y, x = torch.meshgrid(torch.linspace(-1, 1, size), torch.linspace(-1, 1, size), indexing="ij")
@@ -84,9 +118,13 @@ def main() -> None:
     from comfyui_diffbody.pipelines.buckets import STAGE2_FILLS, plan_resize
     from comfyui_diffbody.pipelines.depth_normal import normals_from_depth
 
+    from comfyui_diffbody.testing.photos import people_collage
+
     photo = data.astronaut()
+    collage = people_collage()
     with tempfile.TemporaryDirectory() as work:
         skeleton = mediapipe_skeleton(Path(work))
+        save(side_by_side([group_overlay(collage, mediapipe_frame(collage, Path(work)))], 240), "group_collage.png")
     save(side_by_side([photo, skeleton], 256), "pose_astronaut.png")
 
     depth = hemisphere_depth()

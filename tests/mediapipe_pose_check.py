@@ -1,6 +1,7 @@
 """Real-weights check of the MediaPipe pose backend; runs INSIDE the mediapipe venv, not under pytest.
 
     "$(scripts/mediapipe_venv.sh)" tests/mediapipe_pose_check.py [--repo DIR] [--save DIR]
+    "$(scripts/mediapipe_venv.sh)" tests/mediapipe_pose_check.py --frame IMAGE.png   # that image's frame only
 
 mediapipe 0.10.21 pins numpy 1.26, so it lives in its own venv (scripts/mediapipe_venv.sh) and
 tests/test_pose_mediapipe.py runs this script there in a subprocess. It loads the checkout given by
@@ -85,11 +86,28 @@ def describe(estimator, draw_pose, image, save_dir: Path | None, name: str) -> d
     }
 
 
+def frame_of(repo: Path, image_file: Path) -> dict:
+    """The MediaPipe backend's frame for one image file, read as RGB."""
+    import cv2
+
+    load_pack(repo)
+    from comfyui_diffbody.pipelines.pose.mediapipe_backend import MediaPipePoseEstimator
+
+    image = cv2.cvtColor(cv2.imread(str(image_file), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    with MediaPipePoseEstimator() as estimator:
+        return estimator(image)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repo", type=Path, default=Path(__file__).resolve().parent.parent)
     parser.add_argument("--save", type=Path, default=None, help="also write skeleton/overlay PNGs here")
+    parser.add_argument("--frame", type=Path, default=None,
+                        help="instead: print the POSE_KEYPOINT frame of this RGB image file (tests/test_group.py)")
     args = parser.parse_args()
+    if args.frame is not None:
+        print(json.dumps(frame_of(args.repo.resolve(), args.frame)))
+        return
 
     import numpy as np
     from skimage import data

@@ -53,6 +53,35 @@ def test_tiny_run_restores_and_saves_every_prior(tmp_path):
     assert "2/2" in result.stderr
 
 
+def test_per_person_writes_the_result_and_every_crop(tmp_path):
+    """restore --per-person --tiny on a collage of four people (testing/photos.py): the tiny random DWPose finds
+    whoever it finds (its weights are random), and every person it found gets an I_ir crop and a restored crop
+    at a training bucket's size, listed in <stem>_people.json with its caption; the result has I_ir's size.
+    The cheap settings of a plumbing check: SwinIR as the global pass, one step per stage, a small collage."""
+    from comfyui_diffbody.pipelines.buckets import BUCKETS
+    from comfyui_diffbody.testing.photos import people_collage
+
+    photo = tmp_path / "group.png"
+    Image.fromarray(people_collage(96)).save(photo)
+    result = run_cli(photo, "--tiny", "--per-person", "--global-pass", "swinir", "--stage1-steps", "1",
+                     "--stage2-steps", "1", "--out", tmp_path / "out", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = tmp_path / "out"
+    assert Image.open(out / "group_restored.png").size == Image.open(photo).size
+    data = json.loads((out / "group_people.json").read_text())
+    regions, listed = data["people"]["regions"], data["crops"]["people"]
+    assert regions and len(listed) == len(regions), (len(regions), len(listed))
+    assert data["faces"] is None and data["crops"]["faces"] == []
+    for k, entry in enumerate(listed):
+        bucket = tuple(regions[entry["region"]]["bucket"])
+        assert bucket in BUCKETS
+        for suffix in ("crop", "restored"):
+            assert Image.open(out / f"group_person{k}_{suffix}.png").size == bucket[::-1], (k, suffix)
+        assert entry["file"] == f"group_person{k}_restored.png" and entry["caption"].strip()
+    person_files = sorted(path.name for path in out.glob("group_person*"))
+    assert len(person_files) == 2 * len(regions), person_files
+
+
 def test_fast_run_reuses_the_first_caption(tmp_path):
     """--fast: stage 2 is prompted by p, so LLaVA runs once (no re-caption bar, no *_recaption.txt); the run
     above, without --fast, writes one."""

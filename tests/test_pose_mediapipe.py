@@ -147,6 +147,8 @@ def white_squares(image: np.ndarray) -> list[tuple[int, int, int, int]]:
 
 
 class FakeFaceDetection:
+    min_face = 0.0  # like the real one (192-pixel input), it can miss faces small relative to its input
+
     def __init__(self, model_selection, min_detection_confidence):
         self.model_selection = model_selection
 
@@ -155,7 +157,7 @@ class FakeFaceDetection:
         detections = [types.SimpleNamespace(score=[0.9], location_data=types.SimpleNamespace(
             relative_bounding_box=types.SimpleNamespace(xmin=x0 / w, ymin=y0 / h, width=(x1 - x0) / w,
                                                         height=(y1 - y0) / h)))
-            for x0, y0, x1, y1 in white_squares(image)]
+            for x0, y0, x1, y1 in white_squares(image) if x1 - x0 >= self.min_face * max(h, w)]
         return types.SimpleNamespace(detections=detections or None)
 
     def close(self):
@@ -237,6 +239,30 @@ def test_a_person_below_another_does_not_steal_the_upper_ones_crop(fake_estimato
     centres = [(60, 30), (160, 30), (60, 200), (160, 200)]
     frame = fake_estimator(canvas_with_faces(400, 220, centres))
     assert found_noses(frame) == [pytest.approx(c, abs=1) for c in sorted(centres)]
+
+
+def test_small_faces_of_a_wide_picture_are_found_in_windows(monkeypatch, fake_estimator):
+    # Faces of 20 px in a 1800 px wide picture are 1 % of what the face detector sees of the whole picture:
+    # too small for it (as for the real one); in the 300 px windows they are 7 %.
+    monkeypatch.setattr(FakeFaceDetection, "min_face", 0.06)
+    centres = [(150, 50), (700, 60), (1250, 50), (1650, 70)]
+    image = canvas_with_faces(300, 1800, centres)
+    assert fake_estimator._faces_in(image) == []
+    assert len(fake_estimator._face_boxes(image)) == 4  # each once, though windows overlap
+    assert found_noses(fake_estimator(image)) == [pytest.approx(c, abs=1) for c in centres]
+
+
+def test_face_windows_cover_the_picture_at_each_scale():
+    for height, width in [(300, 1800), (1024, 768), (4000, 3000)]:
+        windows = mb.face_windows(height, width)
+        for side in {x1 - x0 for x0, _, x1, _ in windows}:
+            covered = np.zeros((height, width), bool)
+            for x0, y0, x1, y1 in windows:
+                assert x1 - x0 == y1 - y0 and 0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height
+                if x1 - x0 == side:
+                    covered[y0:y1, x0:x1] = True
+            assert covered.all()
+    assert mb.face_windows(200, 200) == []  # small pictures: the whole picture is enough
 
 
 def test_no_person_gives_an_empty_frame(fake_estimator):

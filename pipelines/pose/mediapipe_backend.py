@@ -14,7 +14,9 @@ OpenPose. A keypoint counts as found when its visibility is at least `min_confid
 inside the image region the model saw (the model also guesses joints outside its input).
 
 Several people: the legacy Pose solution finds ONE person per image, the one its detector ranks
-first. To find more, candidate regions come from MediaPipe's full-range face detector and OpenCV's
+first. To find more, candidate regions come from MediaPipe's full-range face detector (on the whole
+image and on overlapping square windows of it, `face_windows`: the detector sees 192 pixels, so in a
+wide group photo or a collage the faces are too small for it otherwise) and OpenCV's
 HOG people detector; each region is cropped, people already found are painted out (grey, using
 their segmentation masks), Pose runs on the crop and its landmarks are mapped back. A last pass on
 the whole image, everyone found painted out, picks up a person no detector proposed. Limits: a
@@ -52,6 +54,8 @@ _LANDMARK_FILES = {0: "pose_landmark_lite.tflite", 1: "pose_landmark_full.tflite
 HOG_LONG_SIDE = 640  # HOG runs on a copy this size: its cost grows with the pixel count
 HOG_MIN_WEIGHT = 0.5  # SVM margin below which HOG boxes are mostly clutter
 PAINT_GREY = 127
+FACE_WINDOW_MIN = 256  # smallest window the face detector is run on (see face_windows)
+FACE_DUPLICATE_IOU = 0.3  # a face found again in an overlapping window
 
 Box = tuple[int, int, int, int]  # x0, y0, x1, y1 in image pixels, x1/y1 exclusive
 
@@ -116,6 +120,29 @@ def body_box_from_face(face: Box, height: int, width: int) -> Box:
     fw, fh = x1 - x0, y1 - y0
     cx = (x0 + x1) / 2
     return clip_box(cx - 3 * fw, y0 - fh, cx + 3 * fw, y1 + 8 * fh, height, width)
+
+
+def face_windows(height: int, width: int) -> list[Box]:
+    """Square windows the face detector also looks at, beyond the whole image. It sees its input at 192 pixels,
+    so the faces of a wide or large picture (a group photo, a collage) shrink below what it finds: windows of
+    the short side, then of half that and so on while at least FACE_WINDOW_MIN and a sixth of the long side,
+    each overlapping its neighbours by half."""
+    windows: list[Box] = []
+    side = min(height, width)
+    while side >= max(FACE_WINDOW_MIN, max(height, width) / 6):
+        step = side // 2
+        for y in sorted({min(y, height - side) for y in range(0, height - side + step, step)}):
+            for x in sorted({min(x, width - side) for x in range(0, width - side + step, step)}):
+                if (side, side) != (height, width):
+                    windows.append((x, y, x + side, y + side))
+        side //= 2
+    return windows
+
+
+def box_iou(a: Box, b: Box) -> float:
+    inter = max(0, min(a[2], b[2]) - max(a[0], b[0])) * max(0, min(a[3], b[3]) - max(a[1], b[1]))
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
 
 
 def boxes_overlap(a: Box, b: Box) -> bool:
@@ -269,6 +296,17 @@ class MediaPipePoseEstimator:
         return sorted(faces, key=area, reverse=True) + sorted(bodies, key=area, reverse=True)
 
     def _face_boxes(self, image: np.ndarray) -> list[Box]:
+        """Faces in the whole image and in the windows of `face_windows`, each face once."""
+        height, width = image.shape[:2]
+        boxes: list[Box] = []
+        for x0, y0, x1, y1 in [(0, 0, width, height)] + face_windows(height, width):
+            for fx0, fy0, fx1, fy1 in self._faces_in(np.ascontiguousarray(image[y0:y1, x0:x1])):
+                box = (fx0 + x0, fy0 + y0, fx1 + x0, fy1 + y0)
+                if all(box_iou(box, other) < FACE_DUPLICATE_IOU for other in boxes):
+                    boxes.append(box)
+        return boxes
+
+    def _faces_in(self, image: np.ndarray) -> list[Box]:
         height, width = image.shape[:2]
         result = self._faces.process(image)
         boxes = []
