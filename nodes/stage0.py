@@ -153,6 +153,49 @@ class PoseEstimator:
         return (glue.bchw_to_comfy(pose_images), frames)
 
 
+class DrawPose:
+    DISPLAY_NAME = "DiffBody Draw Pose"
+    DESCRIPTION = ("Draws POSE_KEYPOINT keypoints as a skeleton on black at an image's size, in the same drawing as "
+                   "'DiffBody Pose': for each crop of 'DiffBody Crop People', that person's own skeleton.")
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("IMAGE",)
+    RETURN_NAMES = ("pose_image",)
+    OUTPUT_TOOLTIPS = ("The skeleton drawn on black, the image's size, one per keypoint frame.",)
+    FUNCTION = "draw"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "keypoints": ("POSE_KEYPOINT", {"tooltip": "One frame per image (OpenPose JSON layout; pixel or 0..1 "
+                                                       "coordinates of its own canvas, mapped onto the image)."}),
+            "image": ("IMAGE", {"tooltip": "Only its size is used: the skeleton is drawn at this size."}),
+            "draw_hands": ("BOOLEAN", {"default": False, "tooltip": "Also draw hand keypoints."}),
+            "draw_face": ("BOOLEAN", {"default": False, "tooltip": "Also draw face keypoints."}),
+            "xinsir_sticks": ("BOOLEAN", {
+                "default": MODE_DEFAULTS["diffbody"].xinsir_sticks,
+                "tooltip": "As on 'DiffBody Pose': on for xinsir's SDXL ControlNets (ControlNet-Union), off for "
+                           "DiffBody's own ControlNets."}),
+        }}
+
+    def draw(self, keypoints, image, draw_hands, draw_face, xinsir_sticks):
+        import torch
+
+        from ..pipelines.image import uint8_to_chw
+        from ..pipelines.pose.draw import draw_pose
+        from ..pipelines.pose.keypoints import BadPoseKeypoints, check_frame
+
+        frames = [keypoints] if isinstance(keypoints, dict) else list(keypoints or [])
+        count, height, width = image.shape[0], image.shape[1], image.shape[2]
+        if len(frames) == 1:
+            frames = frames * count
+        if len(frames) != count:
+            raise BadPoseKeypoints(f"DiffBody Draw Pose: {len(frames)} keypoint frames for {count} images; give one "
+                                   "frame per image, or one for all")
+        drawn = [uint8_to_chw(draw_pose(check_frame(frame), height, width, hands=draw_hands, face=draw_face,
+                                        xinsir_sticks=xinsir_sticks)) for frame in frames]
+        return (glue.bchw_to_comfy(torch.stack(drawn)),)
+
+
 _estimator_cache: dict = {}
 
 
@@ -244,5 +287,6 @@ NODE_CLASS_MAPPINGS = {
     "DiffBodySwinIRLoader": SwinIRLoader,
     "DiffBodySwinIRCleanup": SwinIRCleanup,
     "DiffBodyPoseEstimator": PoseEstimator,
+    "DiffBodyDrawPose": DrawPose,
     "DiffBodyLlavaCaption": LlavaCaption,
 }

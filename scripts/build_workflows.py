@@ -472,6 +472,108 @@ def public_workflow(object_info: dict) -> Workflow:
     return Workflow("diffbody_public", notes + nodes, groups)
 
 
+GROUP_OVERVIEW = """# DiffBody: group photos, person by person (public weights)
+
+For photos of several people. The public-weights pipeline at the picture's size gives each person a few hundred
+pixels; here every person is restored as a crop of their own at an SDXL training size (512x512 ... 1024x512),
+with their own skeleton, caption, depth and normal priors, and pasted back over the cleaned picture with a
+feathered mask that follows the person. Pick your photo in **Load the degraded photo** and press Run: the result
+is saved as `diffbody_group_*.png`.
+
+1. **Stage 0 on the whole picture**: SwinIR cleans it (I_ir, also the background of the result), DWPose finds
+   every person (their keypoints).
+2. **DiffBody Crop People** cuts one crop per person from I_ir: the keypoints' extent with context, cut to the
+   nearest bucket's aspect. The crops leave as a list: every node after it runs once per crop.
+3. **Per crop**: **DiffBody Draw Pose** draws that person's skeleton alone, LLaVA captions the crop, the public
+   estimators give its depth and normal, and stage 2 (SDXL + ControlNet-Union + IP-Adapter Plus XL, as in
+   `diffbody_public`) restores it.
+4. **DiffBody Paste People** puts every restored person back; where people overlap, the one lower in the picture
+   (nearer the camera) ends on top.
+
+Model files (paths below `ComfyUI/models/`; every one is public):
+
+{models}
+"""
+
+GROUP_NOTE = """## Per-person settings
+- **context** (Crop People): surroundings kept around each person, a fraction of their longer side.
+- **regions** `face`: square 512x512 crops around each head instead, for a face pass over an already restored
+  picture (connect that picture to Paste People's `image` and lower KSampler's `denoise`, e.g. 0.35).
+- **batch_size** 1: every person is sampled alone with their own caption, one crop on the device at a time.
+  Larger batches of crops sharing a bucket are faster on a GPU but share one caption.
+- The caption's `keep_loaded` is on: ComfyUI runs the caption once per crop, and LLaVA would otherwise load
+  again for every person (it waits in RAM, off the GPU, while SDXL samples).
+- The background is I_ir: for a restored background, connect the output of `diffbody_public` (the same
+  picture restored whole) to Paste People's `image` instead. `restore --per-person` does both in one command.
+"""
+
+
+def group_workflow(object_info: dict) -> Workflow:
+    crops, crop_data, keypoints = (50, 0), (50, 1), (50, 3)
+    load, swinir_loader, cleanup, pose, caption = stage0_nodes(PUBLIC, keep_llava_loaded=True)
+    caption.links, caption.pos, caption.title = {"image": crops}, (1180, 0), "Caption of each crop"
+    pose.title = "Every person's keypoints (DWPose)"
+    nodes = [load, swinir_loader, cleanup, pose, Node(
+        50, "DiffBodyCropPeople", (760, 0), (360, 300), "Crop People: one crop per person",
+        {"regions": "person", "batch_size": 1}, {"image": (3, 0), "keypoints": (4, 1)}),
+        Node(53, "PreviewImage", (760, 350), (360, 300), "The crops", links={"images": crops}),
+        Node(51, "DiffBodyDrawPose", (1180, 470), (360, 150), "Each person's own skeleton",
+             {"xinsir_sticks": PUBLIC.xinsir_sticks}, {"keypoints": keypoints, "image": crops}),
+        caption,
+        Node(8, "DiffBodyDepthNormalEstimator", (1180, 670), (360, 230), "Depth & normal of each crop",
+             {"depth_model": PUBLIC_DEPTH_MODEL, "normal_source": PUBLIC_NORMAL_SOURCE,
+              "marigold_steps": 4, "seed": PUBLIC.seed, "auto_download": False}, {"image": crops}),
+        Node(30, "CheckpointLoaderSimple", (1600, 0), (360, 98), "SDXL base (stage 2)",
+             {"ckpt_name": "sd_xl_base_1.0.safetensors"}),
+        Node(31, "CLIPTextEncode", (1600, 150), (360, 100), "Stage 2 positive: each crop's caption", {"text": ""},
+             {"text": (5, 0), "clip": (30, 1)}),
+        Node(32, "CLIPTextEncode", (1600, 300), (360, 130), "Stage 2 negative", {"text": ""}, {"clip": (30, 1)}),
+        Node(33, "ControlNetLoader", (1600, 480), (360, 58), "ControlNet-Union SDXL (ProMax)",
+             {"control_net_name": "controlnet-union-sdxl-1.0.safetensors"}),
+        Node(35, "DiffBodyColourAdapterLoader", (1600, 590), (360, 82), "IP-Adapter Plus XL (colour adapter)",
+             {"adapter_name": "ip-adapter-plus_sdxl_vit-h.safetensors", "auto_download": False}),
+        Node(36, "CLIPVisionLoader", (1600, 720), (360, 58), "CLIP ViT-H (IP-Adapter's image encoder)",
+             {"clip_name": "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors"}),
+        Node(38, "GetImageSize", (1600, 830), (240, 100), "Size of the crop", links={"image": crops}),
+        Node(39, "EmptyLatentImage", (1600, 980), (300, 106), "Latent of the crop's size",
+             {"width": 512, "height": 512, "batch_size": 1},
+             {"width": (38, 0), "height": (38, 1), "batch_size": (38, 2)}),
+        Node(34, "DiffBodyApplyMultiPriorControlNet", (2010, 0), (340, 430),
+             "Union priors: a1 crop (tile), a2 pose, a3 depth, a4 normal",
+             {**strength_widgets(PUBLIC), "strength": 1.0, "start_percent": 0.0, "end_percent": 1.0},
+             {"positive": (31, 0), "negative": (32, 0), "control_net": (33, 0), "image": crops, "pose": (51, 0),
+              "depth": (8, 0), "normal": (8, 1)}),
+        Node(37, "DiffBodyApplyColourAdapter", (2010, 480), (340, 190), "IP-Adapter Plus XL on the crop",
+             {"weight": PUBLIC.adapter_weight, "start_percent": 0.0, "end_percent": 1.0},
+             {"model": (30, 0), "colour_adapter": (35, 0), "clip_vision": (36, 0), "image": crops}),
+        Node(40, "KSampler", (2400, 0), (320, 262), "Stage 2 sampler, once per crop", ksampler_widgets(PUBLIC),
+             {"model": (37, 0), "positive": (34, 0), "negative": (34, 1), "latent_image": (39, 0)}),
+        Node(41, "VAEDecode", (2400, 320), (210, 46), "Decode (SDXL VAE)", links={"samples": (40, 0), "vae": (30, 2)}),
+        Node(52, "DiffBodyPastePeople", (2770, 0), (320, 100), "Paste People over I_ir",
+             links={"image": (3, 0), "crops": (41, 0), "crop_data": crop_data}),
+        Node(42, "SaveImage", (3140, 0), (440, 480), "Restored photo", {"filename_prefix": "diffbody_group"},
+             {"images": (52, 0)}),
+        Node(43, "DiffBodyBeforeAfter", (3140, 530), (440, 480), "Before / after", links={"before": (1, 0),
+                                                                                          "after": (52, 0)}),
+    ]
+    notes = [
+        Node(90, "MarkdownNote", (0, -640), (760, 580), "About this workflow",
+             text=GROUP_OVERVIEW.format(models=model_table(nodes, object_info))),
+        Node(91, "MarkdownNote", (0, 570), (320, 420), "Stage 0", text=PUBLIC_STAGE0_NOTE),
+        Node(92, "MarkdownNote", (760, 700), (360, 420), "Per-person settings", text=GROUP_NOTE),
+        Node(93, "MarkdownNote", (2010, 720), (340, 560), "Stage 2 settings", text=PUBLIC_STAGE2_NOTE),
+    ]
+    groups = [
+        Group("Stage 0 on the whole picture: I_ir and every person's keypoints", (1, 2, 3, 4, 91), "#3f789e"),
+        Group("One crop per person", (50, 53, 92), "#b58b2a"),
+        Group("Each crop's priors: skeleton, caption, depth, normal", (51, 5, 8), "#8A8"),
+        Group("Stage 2 per crop: SDXL + ControlNet-Union + IP-Adapter Plus XL",
+              (30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 93), "#a1309b"),
+        Group("Paste back and result", (52, 42, 43), "#444"),
+    ]
+    return Workflow("diffbody_group", notes + nodes, groups)
+
+
 FAST_OVERVIEW = """# Fast mode ({stage1_steps} + {stage2_steps} steps, one caption)
 
 `{base}` with the speed profile of `restore --fast` (`FAST` in pipelines/presets.py): DPM++ 2M on Karras sigmas
@@ -513,7 +615,7 @@ def fast_variant(build, preset):
 
 
 WORKFLOWS = (full_workflow, priors_workflow, public_workflow, fast_variant(full_workflow, PAPER),
-             fast_variant(public_workflow, PUBLIC))
+             fast_variant(public_workflow, PUBLIC), group_workflow)
 
 
 # -- formats -------------------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from comfy_harness import ComfyServer, make_base_dir
 pytestmark = pytest.mark.battery
 
 FULL, PRIORS, PUBLIC = WORKFLOWS
+GROUP = "diffbody_group_api.json"  # widget cases only: the image cases run the three above
 # Each pack node's widgets are tried in one workflow that holds it (the apply node in both stage-2 modes).
 WIDGET_WORKFLOWS = {
     "DiffBodySwinIRLoader": (PRIORS,), "DiffBodySwinIRCleanup": (PRIORS,), "DiffBodyPoseEstimator": (PRIORS,),
@@ -31,6 +32,7 @@ WIDGET_WORKFLOWS = {
     "DiffBodyColourAdapterLoader": (PUBLIC,), "DiffBodyApplyColourAdapter": (FULL,),
     "DiffBodyDepthNormalEstimator": (PUBLIC,), "DiffBodyBeforeAfter": (FULL,),
     "DiffBodyStage2Canvas": (FULL,), "DiffBodyStage2BackToSize": (FULL,), "DiffBodyImageMetrics": (FULL,),
+    "DiffBodyCropPeople": (GROUP,), "DiffBodyDrawPose": (GROUP,), "DiffBodyPastePeople": (GROUP,),
 }
 # Pack nodes no bundled workflow holds: added to one, fed from its nodes ({input: (node class, output)}), with
 # these widget values.

@@ -15,7 +15,7 @@ from comfyui_diffbody.pipelines.presets import (FAST, KSAMPLER_NAMES, MODE_DEFAU
 from workflow_tools import API_DIR
 
 WORKFLOW_MODES = {"diffbody_full": "diffbody", "diffbody_priors": "diffbody", "diffbody_public": "public",
-                  "diffbody_full_fast": "diffbody", "diffbody_public_fast": "public"}
+                  "diffbody_full_fast": "diffbody", "diffbody_public_fast": "public", "diffbody_group": "public"}
 FAST_SUFFIX = "_fast"  # a workflow with presets.FAST over its mode's defaults
 STRENGTH_INPUTS = ("image_strength", "pose_strength", "depth_strength", "normal_strength")
 
@@ -89,8 +89,8 @@ def workflow_settings(graph: dict) -> dict:
         kind, inputs = node["class_type"], node["inputs"]
         if kind == "DiffBodySwinIRCleanup":
             found["upscale"] = inputs["upscale"]
-        elif kind == "DiffBodyPoseEstimator":
-            found["xinsir_sticks"] = inputs["xinsir_sticks"]
+        elif kind in ("DiffBodyPoseEstimator", "DiffBodyDrawPose"):  # every skeleton drawn alike
+            found.setdefault("xinsir_sticks", set()).add(inputs["xinsir_sticks"])
         elif kind == "DiffBodyStage1Sampler":
             found["stage1"] = (inputs["scheduler"], inputs["steps"], inputs["cfg"], inputs["seed"])
         elif kind == "DiffBodyApplyMultiPriorControlNet":
@@ -114,15 +114,17 @@ def expected_settings(name: str) -> dict:
         recaption = FAST.recaption
     else:
         recaption = name == "diffbody_full"  # the paper's p' = LLaVA(I_res); there is no I_res in the others
-    expected = {"upscale": preset.upscale, "captions": 2 if recaption else 1, "xinsir_sticks": preset.xinsir_sticks}
-    if name != "diffbody_public":
+    expected = {"upscale": preset.upscale, "captions": 2 if recaption else 1,
+                "xinsir_sticks": {preset.xinsir_sticks}}
+    public_estimators = name in ("diffbody_public", "diffbody_group")  # no stage 1: public depth and normal
+    if not public_estimators:
         expected["stage1"] = (preset.stage1_scheduler, preset.stage1_steps, preset.stage1_cfg, preset.seed)
     if name != "diffbody_priors":
         expected["strengths"] = preset.strengths
         expected["adapter_weight"] = preset.adapter_weight
         expected["stage2"] = (*KSAMPLER_NAMES[preset.stage2_scheduler], preset.stage2_steps, preset.stage2_cfg,
                               preset.seed)
-    if name == "diffbody_public":
+    if public_estimators:
         expected["estimators"] = (PUBLIC_DEPTH_MODEL, PUBLIC_NORMAL_SOURCE)
     return expected
 
@@ -131,6 +133,11 @@ def expected_settings(name: str) -> dict:
 def test_bundled_workflows_carry_their_modes_defaults(name):
     graph = json.loads((API_DIR / f"{name}_api.json").read_text())
     assert workflow_settings(graph) == expected_settings(name)
+
+
+def test_every_bundled_workflow_has_its_mode():
+    bundled = {path.name.removesuffix("_api.json") for path in API_DIR.glob("*_api.json")} - {"diffbody_stage0"}
+    assert bundled == set(WORKFLOW_MODES)
 
 
 def test_a_changed_workflow_value_is_caught():

@@ -26,6 +26,7 @@ from conftest import person_photo
 from workflow_format import (FRONTEND_ONLY_TYPES, WorkflowFormatError, api_differences, nodes_in_group, ui_to_api,
                              ui_structure_problems)
 from workflow_tools import API_DIR, TEST_SUBSTITUTES, WORKFLOWS_DIR, load_workflow, with_test_stand_ins
+from comfyui_diffbody.pipelines.buckets import BUCKETS
 
 # Bundled before the UI format existed; diffbody_priors covers the same nodes in both formats.
 API_ONLY = {"diffbody_stage0_api.json"}
@@ -230,6 +231,8 @@ def test_bundled_workflow_runs_end_to_end_on_tiny_weights(each_comfy_server, api
     output_nodes = [node_id for node_id, node in prompt.items() if object_info[node["class_type"]]["output_node"]]
     assert output_nodes
     for node_id in output_nodes:
+        # previews of "DiffBody Crop People"'s crops (diffbody_group) are at training bucket sizes, not I_ir's
+        sizes = BUCKET_SIZES if _shows_crops(prompt, node_id) else {(side, side)}
         shown = entry["outputs"].get(node_id)
         assert shown, f"{api_name}: output node {node_id} ({prompt[node_id]['class_type']}) produced nothing"
         if "text" in shown:
@@ -240,7 +243,16 @@ def test_bundled_workflow_runs_end_to_end_on_tiny_weights(each_comfy_server, api
         for path in files:
             assert path.is_file(), path
             with Image.open(path) as image:
-                assert image.size == (side, side), (api_name, node_id, path.name, image.size)
+                assert image.size in sizes, (api_name, node_id, path.name, image.size)
+
+
+BUCKET_SIZES = {(width, height) for height, width in BUCKETS}
+
+
+def _shows_crops(prompt: dict, node_id: str) -> bool:
+    """Whether the node is a preview (or save) of "DiffBody Crop People"'s crops."""
+    images = prompt[node_id]["inputs"].get("images")
+    return isinstance(images, list) and prompt[images[0]]["class_type"] == "DiffBodyCropPeople"
 
 
 def shown_files(server, shown: dict) -> list:
@@ -311,7 +323,8 @@ def bucket_size(height: int, width: int) -> tuple[int, int]:
 @pytest.mark.parametrize("api_name", [api for _, api in PAIRS])
 def test_a_large_scan_samples_stage_2_at_the_bounded_size_and_keeps_its_own(comfy_server, api_name):
     """A 3000x2000 photo through every bundled workflow: stage 2 (where there is one) samples on the command
-    line's bucket, 768x512, not at 6 megapixels, and every image the workflow shows or saves is 3000x2000.
+    line's bucket, 768x512 (diffbody_group: each crop at its bucket), not at 6 megapixels, and every image the
+    workflow shows or saves is 3000x2000 (but the preview of diffbody_group's crops).
     Not the API-only stage-0 file (diffbody_priors runs the same stage 0; its SwinIR x2 to 6000x4000 alone
     took 9 minutes on the 2-core machine)."""
     height, width = LARGE_PHOTO
@@ -322,8 +335,13 @@ def test_a_large_scan_samples_stage_2_at_the_bounded_size_and_keeps_its_own(comf
         if node["class_type"] == "LoadImage":
             node["inputs"]["image"] = "large_scan.png"
     has_stage2 = any(node["class_type"] == "KSampler" for node in prompt.values())
+    per_crop = any(node["class_type"] == "DiffBodyCropPeople" for node in prompt.values())
+    prompt = {node_id: node for node_id, node in prompt.items() if not _shows_crops(prompt, node_id)}
     sampled, shown = image_sizes(comfy_server, prompt)
-    assert sampled == ({bucket_size(height, width)} if has_stage2 else set())
+    if per_crop:  # diffbody_group samples each person's crop at its own training bucket
+        assert sampled and sampled <= BUCKET_SIZES, sampled
+    else:
+        assert sampled == ({bucket_size(height, width)} if has_stage2 else set())
     assert bucket_size(height, width) == (768, 512)
     assert shown == {(width, height)}
 
