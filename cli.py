@@ -408,8 +408,8 @@ def output_suffixes(args) -> list[str]:
     captions aside (written only when not empty, before these): an input whose files are all there is
     skipped. Each file is written whole or not at all (atomic_write), so one cut off half-way is redone.
     --per-person also writes every crop, as many as there are people, before these."""
-    if getattr(args, "per_person", False):
-        return ["people.json", "restored.png"]
+    if getattr(args, "per_person", False):  # faces.json only with --face-pass: a rerun adding it redoes the input
+        return ["people.json", *(["faces.json"] if args.face_pass else []), "restored.png"]
     if args.stage0_only:
         return ["ir.png", "pose.png", "pose.json"]
     if not args.save_priors:
@@ -444,30 +444,28 @@ def save_results(result, stem: Path, args) -> None:
 
 
 def save_per_person(result, stem: Path, args) -> None:
-    """--per-person: every person's I_ir crop and restored crop (and face), the crop data as <stem>_people.json
-    (group.py's GroupCrops.to_dict, with each crop's file and caption), with --save-priors the global pass,
-    and <stem>_restored.png last."""
+    """--per-person: every person's I_ir crop and restored crop, the crop data as <stem>_people.json (group.py's
+    GroupCrops.to_dict, and each crop's file and caption); with --face-pass every restored face and
+    <stem>_faces.json alike; with --save-priors the global pass and I_ir; <stem>_restored.png last."""
     from .pipelines.image import chw_to_uint8
     from .training.prepare_data import atomic_write, save_png
 
-    crops = {"people": [], "faces": []}
-    for kind, regions, results in (("person", result.people, result.person_results),
-                                   ("face", result.faces, result.face_results)):
-        if regions is None:
-            continue
+    passes = [("person", "people", result.people, result.person_results)]
+    if result.faces is not None:
+        passes.append(("face", "faces", result.faces, result.face_results))
+    for kind, name, regions, results in passes:
+        crops = []
         for k, (index, crop) in enumerate(zip(regions.crop_order(), results)):
             if kind == "person":
                 save_png(Path(f"{stem}_person{k}_crop.png"), chw_to_uint8(crop.cleaned))
             save_png(Path(f"{stem}_{kind}{k}_restored.png"), chw_to_uint8(crop.restored))
-            crops["people" if kind == "person" else "faces"].append(
-                {"region": index, "file": f"{stem.name}_{kind}{k}_restored.png",
-                 "caption": crop.recaption or crop.caption})
+            crops.append({"region": index, "file": f"{stem.name}_{kind}{k}_restored.png",
+                          "caption": crop.recaption or crop.caption})
+        data = {name: regions.to_dict(), "crops": crops}
+        atomic_write(Path(f"{stem}_{name}.json"), lambda f: f.write(json.dumps(data, indent=1).encode("utf-8")))
     if args.save_priors:
         save_png(Path(f"{stem}_global.png"), chw_to_uint8(result.global_result.restored))
         save_png(Path(f"{stem}_ir.png"), chw_to_uint8(result.global_result.cleaned))
-    data = {"people": result.people.to_dict(), "faces": None if result.faces is None else result.faces.to_dict(),
-            "crops": crops}
-    atomic_write(Path(f"{stem}_people.json"), lambda f: f.write(json.dumps(data, indent=1).encode("utf-8")))
     save_png(Path(f"{stem}_restored.png"), chw_to_uint8(result.restored))
 
 
@@ -607,14 +605,15 @@ def summary(args, count: int) -> str:
         return (f"Wrote stage-0 results{label} for {count} image(s) to {args.out}: *_ir.png (SwinIR cleanup), "
                 "*_pose.png and *_pose.json (pose), *_caption.txt (caption).")
     written = "*_restored.png"
-    if args.save_priors and args.mode == "public":
+    if args.per_person:
+        written += (", every person's crop *_person<k>_crop.png and *_person<k>_restored.png, the crop data "
+                    "*_people.json" + (", every face *_face<k>_restored.png and *_faces.json" if args.face_pass else "")
+                    + (", *_ir.png and *_global.png (the global pass)" if args.save_priors else ""))
+    elif args.save_priors and args.mode == "public":
         written += ", priors *_ir.png, *_pose.png/.json, *_depth.png, *_normal.png (estimated) and *_caption.txt"
     elif args.save_priors:
         captions = "*_caption.txt" if args.no_recaption or args.fast else "*_caption.txt and *_recaption.txt"
         written += f", priors *_ir.png, *_pose.png/.json, *_stage1.png (I_res), *_depth.png, *_normal.png, {captions}"
-    if args.per_person:
-        written += (", every person's crop *_person<k>_crop.png and *_person<k>_restored.png"
-                    + (", every face *_face<k>_restored.png" if args.face_pass else "") + ", the crop data *_people.json")
     mode = " (public-weights mode)" if args.mode == "public" else ""
     return f"Wrote DiffBody results{mode}{label} for {count} image(s) to {args.out}: {written}."
 

@@ -70,11 +70,16 @@ class CropPeople:
     def crop(self, image, keypoints, regions, context, max_people, batch_size, dilation, feather):
         import torch
 
-        from ..pipelines.group import (MaskSettings, bucket_batches, crop_frames, crop_masks, crop_regions,
-                                       find_regions, with_placeholder)
+        from ..pipelines.group import (GroupCropError, MaskSettings, bucket_batches, crop_frames, crop_masks,
+                                       crop_regions, find_regions, with_placeholder)
 
         images = glue.comfy_to_bchw(image)
         frames = [keypoints] if isinstance(keypoints, dict) else list(keypoints or [])
+        if len(frames) == 1:  # one frame for a batch: the same people in every image (as Draw Pose reads it)
+            frames = frames * images.shape[0]
+        elif frames and len(frames) != images.shape[0]:
+            raise GroupCropError(f"DiffBody Crop People: {len(frames)} keypoint frames for {images.shape[0]} "
+                                 "images; give one frame per image, or one for all")
         crops = find_regions(frames, tuple(images.shape[-2:]), regions, context=context, max_people=max_people,
                              mask=MaskSettings(dilation=dilation, feather=feather))
         if not crops.regions:

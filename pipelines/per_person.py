@@ -14,8 +14,9 @@ person a few hundred pixels. Here, for each picture:
 5. Optionally, the face pass: each face region (a square around the head, 512x512, so a face of a few dozen
    pixels is sampled large) runs stage 2 again from the pasted picture's face with `face_denoise` (low: the
    face is kept, the priors refine it), guided by the face in I_ir and its skeleton (strengths a1, a2; no
-   depth or normal prior), the colour adapter on the face as restored, and pasted back with an elliptical
-   feathered mask.
+   depth or normal prior), the colour adapter on the face as restored (diffbody mode, where the adapter reads
+   I_res; the public mode's adapter reads I_ir's face, as it always does), and pasted back with an elliptical
+   feathered mask. The face jobs start from given captions, so they load no LLaVA.
 
 Networks: steps 2-3 run in one restore_jobs call (each network loaded once, LLaVA for every caption); stage 0
 before them loads only SwinIR and the pose model; the face pass, which needs the pasted picture, loads SDXL a
@@ -140,7 +141,10 @@ def _face_pass(results: list[PerPersonResult], models: ModelPaths, options: Rest
             caption = captions.get(region.index, picture.recaption or picture.caption)
             given.append(dataclasses.replace(crop, caption=caption, stage1=start, start=start))
         result.faces = faces
-        jobs.append(RestoreJob([], models, face_options, configs, given=given, start_at=FROM_PRIORS) if given else None)
+        # no LLaVA: the faces take their person's caption (restore_jobs would load it before seeing `given`)
+        face_models = dataclasses.replace(models, llava=None)
+        jobs.append(RestoreJob([], face_models, face_options, configs, given=given, start_at=FROM_PRIORS)
+                    if given else None)
     restore_jobs([job for job in jobs if job is not None], progress)
     for result, job in zip(results, jobs):
         if job is not None:

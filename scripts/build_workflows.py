@@ -498,7 +498,9 @@ Model files (paths below `ComfyUI/models/`; every one is public):
 GROUP_NOTE = """## Per-person settings
 - **context** (Crop People): surroundings kept around each person, a fraction of their longer side.
 - **regions** `face`: square 512x512 crops around each head instead, for a face pass over an already restored
-  picture (connect that picture to Paste People's `image` and lower KSampler's `denoise`, e.g. 0.35).
+  picture: feed that picture to both Crop People's and Paste People's `image`, replace Empty Latent Image by a
+  VAE Encode of the crops (SDXL's VAE) and lower KSampler's `denoise` (e.g. 0.35), so each face is refined,
+  not drawn anew. `restore --per-person --face-pass` does this on the command line.
 - **batch_size** 1: every person is sampled alone with their own caption, one crop on the device at a time.
   Larger batches of crops sharing a bucket are faster on a GPU but share one caption.
 - The caption's `keep_loaded` is on: ComfyUI runs the caption once per crop, and LLaVA would otherwise load

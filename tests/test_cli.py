@@ -69,9 +69,9 @@ def test_per_person_writes_the_result_and_every_crop(tmp_path):
     out = tmp_path / "out"
     assert Image.open(out / "group_restored.png").size == Image.open(photo).size
     data = json.loads((out / "group_people.json").read_text())
-    regions, listed = data["people"]["regions"], data["crops"]["people"]
+    regions, listed = data["people"]["regions"], data["crops"]
     assert regions and len(listed) == len(regions), (len(regions), len(listed))
-    assert data["faces"] is None and data["crops"]["faces"] == []
+    assert not (out / "group_faces.json").exists()  # no --face-pass
     for k, entry in enumerate(listed):
         bucket = tuple(regions[entry["region"]]["bucket"])
         assert bucket in BUCKETS
@@ -80,6 +80,13 @@ def test_per_person_writes_the_result_and_every_crop(tmp_path):
         assert entry["file"] == f"group_person{k}_restored.png" and entry["caption"].strip()
     person_files = sorted(path.name for path in out.glob("group_person*"))
     assert len(person_files) == 2 * len(regions), person_files
+    assert "*_person<k>_crop.png" in result.stdout and "*_global.png" in result.stdout  # --tiny saves the priors
+    assert (out / "group_global.png").is_file() and (out / "group_ir.png").is_file()
+    # a rerun with --face-pass is not skipped as done: it waits for <stem>_faces.json too
+    from comfyui_diffbody import cli
+
+    face_pass = cli.build_parser().parse_args(["restore", str(photo), "--per-person", "--face-pass"])
+    assert "faces.json" in cli.output_suffixes(face_pass)
 
 
 def test_fast_run_reuses_the_first_caption(tmp_path):

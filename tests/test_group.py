@@ -385,6 +385,19 @@ def test_no_people_gives_one_picture_crop_and_an_unchanged_paste(caplog):
     assert torch.equal(paste_node(image, [1.0 - crops[0]], crop_data), image)
 
 
+def test_one_frame_for_a_batch_finds_the_people_in_every_image():
+    """One POSE_KEYPOINT frame with a batch (as Draw Pose reads it): the same people in each image, each
+    pasted back onto its own image; a frame count that is neither 1 nor the batch's is refused."""
+    images = torch.rand(2, 300, 400, 3)
+    crops, crop_data, _, _ = crop_node(images, two_people_frame())
+    assert sorted({region.image for region in crop_data.regions}) == [0, 1]
+    assert len(crop_data.regions) == 4
+    pasted = paste_node(images, [1.0 - batch for batch in crops], crop_data)
+    assert all(changed(pasted[i:i + 1], images[i:i + 1]).any() for i in range(2))
+    with pytest.raises(group.GroupCropError, match="3 keypoint frames for 2 images"):
+        crop_node(images, [two_people_frame()] * 3)
+
+
 @pytest.mark.parametrize("channels", [1, 4], ids=["grey", "rgba"])
 def test_grey_and_rgba_pictures(channels):
     image = torch.rand(1, 300, 400, channels)
