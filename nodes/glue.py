@@ -175,6 +175,15 @@ def control_hint(image: "torch.Tensor") -> "torch.Tensor":
     return comfy_to_bchw(image).contiguous(memory_format=torch.channels_last)
 
 
+def frames_per_image(keypoints, count: int) -> list[dict] | None:
+    """A POSE_KEYPOINT input (one frame, or a list of them) as one frame per image of a batch of `count`: a single
+    frame stands for every image. None when there are frames, but neither 1 nor `count` of them; [] for none."""
+    frames = [keypoints] if isinstance(keypoints, dict) else list(keypoints or [])
+    if len(frames) == 1:
+        return frames * count
+    return frames if len(frames) in (0, count) else None
+
+
 def bchw_to_comfy(images: "torch.Tensor") -> "torch.Tensor":
     """(B,3,H,W) -> ComfyUI IMAGE (B,H,W,3) float32 on the CPU."""
     return images.detach().permute(0, 2, 3, 1).float().clamp(0, 1).cpu().contiguous()

@@ -74,11 +74,9 @@ class CropPeople:
                                        crop_regions, find_regions, with_placeholder)
 
         images = glue.comfy_to_bchw(image)
-        frames = [keypoints] if isinstance(keypoints, dict) else list(keypoints or [])
-        if len(frames) == 1:  # one frame for a batch: the same people in every image (as Draw Pose reads it)
-            frames = frames * images.shape[0]
-        elif frames and len(frames) != images.shape[0]:
-            raise GroupCropError(f"DiffBody Crop People: {len(frames)} keypoint frames for {images.shape[0]} "
+        frames = glue.frames_per_image(keypoints, images.shape[0])  # no frames: no people (the placeholder below)
+        if frames is None:
+            raise GroupCropError(f"DiffBody Crop People: {len(keypoints)} keypoint frames for {images.shape[0]} "
                                  "images; give one frame per image, or one for all")
         crops = find_regions(frames, tuple(images.shape[-2:]), regions, context=context, max_people=max_people,
                              mask=MaskSettings(dilation=dilation, feather=feather))

@@ -184,12 +184,11 @@ class DrawPose:
         from ..pipelines.pose.draw import draw_pose
         from ..pipelines.pose.keypoints import BadPoseKeypoints, check_frame
 
-        frames = [keypoints] if isinstance(keypoints, dict) else list(keypoints or [])
         count, height, width = image.shape[0], image.shape[1], image.shape[2]
-        if len(frames) == 1:
-            frames = frames * count
-        if len(frames) != count:
-            raise BadPoseKeypoints(f"DiffBody Draw Pose: {len(frames)} keypoint frames for {count} images; give one "
+        frames = glue.frames_per_image(keypoints, count)
+        if not frames:
+            given = 0 if frames == [] else len(keypoints)
+            raise BadPoseKeypoints(f"DiffBody Draw Pose: {given} keypoint frames for {count} images; give one "
                                    "frame per image, or one for all")
         drawn = [uint8_to_chw(draw_pose(check_frame(frame), height, width, hands=draw_hands, face=draw_face,
                                         xinsir_sticks=xinsir_sticks)) for frame in frames]

@@ -128,6 +128,8 @@ def _face_pass(results: list[PerPersonResult], models: ModelPaths, options: Rest
     """Stage 2 again on every face, from the pasted picture, and the faces pasted back (module doc, step 5)."""
     a1, a2, _, _ = options.strengths
     face_options = dataclasses.replace(options, denoise=per_person.face_denoise, strengths=(a1, a2, 0.0, 0.0))
+    # no LLaVA: the faces take their person's caption (restore_jobs would load it before seeing `given`)
+    face_models = dataclasses.replace(models, llava=None)
     jobs = []
     for result in results:
         picture = result.global_result
@@ -141,8 +143,6 @@ def _face_pass(results: list[PerPersonResult], models: ModelPaths, options: Rest
             caption = captions.get(region.index, picture.recaption or picture.caption)
             given.append(dataclasses.replace(crop, caption=caption, stage1=start, start=start))
         result.faces = faces
-        # no LLaVA: the faces take their person's caption (restore_jobs would load it before seeing `given`)
-        face_models = dataclasses.replace(models, llava=None)
         jobs.append(RestoreJob([], face_models, face_options, configs, given=given, start_at=FROM_PRIORS)
                     if given else None)
     restore_jobs([job for job in jobs if job is not None], progress)
